@@ -1,0 +1,5 @@
+//! rudder: an Istio-compatible service-mesh control plane serving stock Envoy over ADS.
+//!
+//! Data flows one way: `config` (sources → store) → `model` (immutable snapshot) → generators → `xds` server.
+
+pub mod config;
