@@ -3,3 +3,7 @@
 //! Data flows one way: `config` (sources → store) → `model` (immutable snapshot) → generators → `xds` server.
 
 pub mod config;
+pub mod xds;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod test_helpers;
