@@ -1,0 +1,370 @@
+//! One ADS stream: a task that owns the stream's per-type state (subscriptions, nonces, ACKs, NACKs, what was
+//! sent), answers requests, and applies new generations when the push gate lets it.
+//!
+//! The loop `select!`s over, in priority order: drain, the next request, a granted push permit, and a new
+//! generation on the `watch` (which then asks for a permit). The watch keeps only the latest generation, so
+//! pushes pending for one connection merge; the semaphore bounds how many connections compute at once.
+//! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tonic::{Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
+use super::{Metrics, Proxy, PushContext, XdsResource, type_url};
+
+/// State shared by every stream of one server.
+pub(crate) struct Shared {
+    /// Latest generation; `None` until the first snapshot (streams wait, they don't get empty config).
+    pub ctx_rx: watch::Receiver<Option<Arc<PushContext>>>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// Bounds how many connections compute a push at once.
+    pub push_permits: Arc<Semaphore>,
+    /// Becomes `true` (or closes) when the server drains: streams end so Envoy reconnects elsewhere.
+    pub drain: watch::Receiver<bool>,
+    /// Source of stream ids and nonces.
+    pub ids: AtomicU64,
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Relaxed) + 1
+    }
+
+    pub(crate) fn next_nonce(&self) -> String {
+        format!("{:x}", self.next_id())
+    }
+}
+
+/// What the `response_nonce` of a request says about the previous response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NonceCheck {
+    /// First request for the type on this stream, or a request that acknowledges nothing.
+    Initial,
+    /// Refers to a response that is no longer the latest: ignored (SotW) or its ACK/NACK ignored (delta).
+    Stale,
+    /// The latest response was accepted.
+    Ack,
+    /// The latest response was rejected.
+    Nack,
+}
+
+/// Per type URL state owned by the stream task.
+#[derive(Debug, Default)]
+pub(crate) struct TypeState {
+    /// The part published to the registry.
+    pub status: TypeStatus,
+    /// SotW: the wildcard came from an empty name list (legacy), so it ends with the first non-empty list.
+    pub legacy_wildcard: bool,
+    /// A response is owed whatever the content (first request, new names).
+    pub must_respond: bool,
+    /// Delta: names subscribed since the last response; reported in `removed_resources` when absent.
+    pub newly_subscribed: BTreeSet<String>,
+    /// Names carried by the last response, recorded with a NACK.
+    pub last_names: Vec<String>,
+    /// Publication time of the generation that caused the last response, if it was a push.
+    pub push_published: Option<Instant>,
+}
+
+impl TypeState {
+    /// Interprets `response_nonce` (+ `error_detail`) and records ACK/NACK.
+    pub fn check_nonce(
+        &mut self,
+        is_new: bool,
+        type_url: &str,
+        nonce: &str,
+        version: Option<&str>,
+        error: Option<&RpcStatus>,
+        metrics: &Metrics,
+    ) -> NonceCheck {
+        if is_new || nonce.is_empty() {
+            // A nonce on the first request belongs to an earlier stream (reconnect): nothing to acknowledge.
+            return NonceCheck::Initial;
+        }
+        if self.status.nonce_sent.as_deref() != Some(nonce) {
+            metrics.stale_nonces.fetch_add(1, Relaxed);
+            debug!(type_url, nonce, "stale nonce");
+            return NonceCheck::Stale;
+        }
+        match error {
+            Some(err) => {
+                metrics.count_nack(type_url);
+                warn!(type_url, nonce, code = err.code, error = %err.message, names = ?self.last_names, "NACK");
+                self.status.last_nack = Some(Nack {
+                    nonce: nonce.to_owned(),
+                    version: self.status.version_sent.clone().unwrap_or_default(),
+                    code: err.code,
+                    message: err.message.clone(),
+                    names: self.last_names.clone(),
+                    at: SystemTime::now(),
+                });
+                self.push_published = None;
+                NonceCheck::Nack
+            }
+            None => {
+                self.status.acked_nonce = Some(nonce.to_owned());
+                self.status.acked_version =
+                    Some(version.map(str::to_owned).or_else(|| self.status.version_sent.clone()).unwrap_or_default());
+                self.status.last_nack = None;
+                if let Some(published) = self.push_published.take() {
+                    metrics.convergence.observe(published.elapsed());
+                }
+                debug!(type_url, nonce, "ACK");
+                NonceCheck::Ack
+            }
+        }
+    }
+
+    /// The resources of `all` this subscription asks for, by name.
+    pub fn select(&self, all: Vec<Arc<XdsResource>>) -> BTreeMap<String, Arc<XdsResource>> {
+        all.into_iter()
+            .filter(|r| self.status.wildcard || self.status.names.contains(&r.name))
+            .map(|r| (r.name.clone(), r))
+            .collect()
+    }
+
+    /// Records a response about to be sent.
+    pub fn record_sent(&mut self, nonce: String, version: String, names: Vec<String>, push: Option<Instant>) {
+        self.status.nonce_sent = Some(nonce);
+        self.status.version_sent = Some(version);
+        self.status.responses += 1;
+        self.last_names = names;
+        self.must_respond = false;
+        self.push_published = push;
+    }
+}
+
+/// The stream task's state.
+pub(crate) struct ConnState {
+    pub conn_id: u64,
+    pub proxy: Arc<Proxy>,
+    pub protocol: Protocol,
+    pub connected_at: SystemTime,
+    /// Generation last pushed to (or current when) this stream.
+    pub generation: Option<u64>,
+    pub types: BTreeMap<String, TypeState>,
+    pub shared: Arc<Shared>,
+}
+
+impl ConnState {
+    /// The state of `type_url`, created on first use; `true` if it was just created.
+    pub fn type_state(&mut self, type_url: &str) -> (&mut TypeState, bool) {
+        let is_new = !self.types.contains_key(type_url);
+        (self.types.entry(type_url.to_owned()).or_default(), is_new)
+    }
+
+    fn publish(&self) {
+        self.shared.registry.upsert(ConnectionStatus {
+            conn_id: self.conn_id,
+            proxy: self.proxy.clone(),
+            protocol: self.protocol,
+            connected_at: self.connected_at,
+            generation: self.generation,
+            types: self.types.iter().map(|(t, s)| (t.clone(), s.status.clone())).collect(),
+        });
+    }
+}
+
+/// `control_plane` of every response, so Envoy's config dump says who sent it.
+pub(crate) fn control_plane() -> Option<ControlPlane> {
+    Some(ControlPlane { identifier: "rudder".to_owned() })
+}
+
+/// How one ADS flavour reads requests and builds responses.
+pub(crate) trait Flavor: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const PROTOCOL: Protocol;
+
+    fn node(req: &Self::Request) -> Option<&Node>;
+
+    /// Applies a request to the state. Returns the type URL to answer now, if the protocol owes a response.
+    fn apply(conn: &mut ConnState, req: Self::Request) -> Result<Option<String>, Status>;
+
+    /// Builds the response for `type_url` from `ctx`, or `None` when the client's view did not change and no
+    /// response is owed. `push` is the generation's publication time when a push (not a request) causes it.
+    fn build(conn: &mut ConnState, type_url: &str, ctx: &PushContext, push: Option<Instant>) -> Option<Self::Response>;
+}
+
+type Out<F> = mpsc::Sender<Result<<F as Flavor>::Response, Status>>;
+type PermitFuture = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// Removes the stream from the registry and the connected gauge however the task ends.
+struct Registered {
+    shared: Arc<Shared>,
+    conn_id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.conn_id);
+        self.shared.metrics.connected.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Runs one ADS stream to its end.
+pub(crate) async fn run<F: Flavor>(shared: Arc<Shared>, mut inbound: Streaming<F::Request>, out: Out<F>) {
+    let first = match inbound.message().await {
+        Ok(Some(req)) => req,
+        Ok(None) => return,
+        Err(status) => {
+            debug!(%status, "ADS stream failed before its first request");
+            return;
+        }
+    };
+    let conn_id = shared.next_id();
+    let proxy = match F::node(&first) {
+        None => Err(Status::invalid_argument("the first request on an ADS stream must carry a node")),
+        Some(node) => Proxy::from_node(node, conn_id).map_err(|e| Status::invalid_argument(e.to_string())),
+    };
+    let proxy = match proxy {
+        Ok(p) => Arc::new(p),
+        Err(status) => {
+            info!(%status, "rejecting ADS stream");
+            let _ = out.send(Err(status)).await;
+            return;
+        }
+    };
+    let span = info_span!("ads", node_id = %proxy.id, conn_id, protocol = ?F::PROTOCOL);
+    shared.metrics.connected.fetch_add(1, Relaxed);
+    let _registered = Registered { shared: shared.clone(), conn_id };
+    let conn = ConnState {
+        conn_id,
+        proxy,
+        protocol: F::PROTOCOL,
+        connected_at: SystemTime::now(),
+        generation: None,
+        types: BTreeMap::new(),
+        shared,
+    };
+    conn.serve::<F>(first, inbound, out).instrument(span).await;
+}
+
+impl ConnState {
+    async fn serve<F: Flavor>(mut self, first: F::Request, mut inbound: Streaming<F::Request>, out: Out<F>) {
+        info!("ADS stream connected");
+        let mut ctx_rx = self.shared.ctx_rx.clone();
+        let mut drain = self.shared.drain.clone();
+        // Requests are answered from the generation current when they arrive; only later ones are pushes.
+        self.generation = ctx_rx.borrow_and_update().as_ref().map(|c| c.version);
+        if !self.handle::<F>(first, &ctx_rx, &out).await {
+            return;
+        }
+        let mut permit: Option<PermitFuture> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = async { drain.wait_for(|d| *d).await.is_ok() } => {
+                    info!("draining: closing ADS stream");
+                    break;
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        if !self.handle::<F>(req, &ctx_rx, &out).await {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        info!("ADS stream closed by the client");
+                        break;
+                    }
+                    Err(status) => {
+                        info!(%status, "ADS stream ended");
+                        break;
+                    }
+                },
+                granted = async {
+                    match permit.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if permit.is_some() => {
+                    permit = None;
+                    let Ok(_permit) = granted else { break };
+                    let ctx = ctx_rx.borrow_and_update().clone();
+                    if let Some(ctx) = ctx
+                        && !self.push::<F>(&ctx, &out).await
+                    {
+                        break;
+                    }
+                }
+                changed = ctx_rx.changed(), if permit.is_none() => {
+                    if changed.is_err() {
+                        info!("config publisher gone: closing ADS stream");
+                        break;
+                    }
+                    permit = Some(Box::pin(self.shared.push_permits.clone().acquire_owned()));
+                }
+            }
+        }
+    }
+
+    /// Applies one request and sends the response it calls for. `false` ends the stream.
+    async fn handle<F: Flavor>(
+        &mut self,
+        req: F::Request,
+        ctx_rx: &watch::Receiver<Option<Arc<PushContext>>>,
+        out: &Out<F>,
+    ) -> bool {
+        let due = match F::apply(self, req) {
+            Ok(due) => due,
+            Err(status) => {
+                warn!(%status, "bad ADS request");
+                let _ = out.send(Err(status)).await;
+                return false;
+            }
+        };
+        // Clone the Arc and drop the borrow at once: never hold a watch borrow across an await.
+        let ctx = ctx_rx.borrow().clone();
+        let resp = match (due, ctx) {
+            (Some(type_url), Some(ctx)) => F::build(self, &type_url, &ctx, None),
+            // No snapshot yet: `must_respond` stays set and the first generation answers.
+            _ => None,
+        };
+        self.publish();
+        match resp {
+            Some(resp) => out.send(Ok(resp)).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Sends what generation `ctx` changes for this proxy, in push order. `false` ends the stream.
+    async fn push<F: Flavor>(&mut self, ctx: &PushContext, out: &Out<F>) -> bool {
+        let started = Instant::now();
+        let eds_only = ctx.endpoints_only && self.generation.is_some_and(|g| g + 1 == ctx.version);
+        self.generation = Some(ctx.version);
+        let mut types: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(t, s)| !eds_only || t.as_str() == type_url::ENDPOINT || s.must_respond)
+            .map(|(t, _)| t.clone())
+            .collect();
+        types.sort_by_key(|t| type_url::push_rank(t));
+        let responses: Vec<F::Response> =
+            types.iter().filter_map(|t| F::build(self, t, ctx, Some(ctx.published))).collect();
+        self.shared.metrics.push_time.observe(started.elapsed());
+        debug!(version = ctx.version, eds_only, responses = responses.len(), "push");
+        self.publish();
+        for resp in responses {
+            if out.send(Ok(resp)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Whether `chosen` is exactly what the client holds.
+pub(crate) fn same_view(sent: &BTreeMap<String, SentResource>, chosen: &BTreeMap<String, Arc<XdsResource>>) -> bool {
+    sent.len() == chosen.len() && chosen.iter().all(|(n, r)| sent.get(n).is_some_and(|s| s.version() == r.version))
+}

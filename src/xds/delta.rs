@@ -1,0 +1,138 @@
+//! Incremental ADS (`DeltaAggregatedResources`): responses carry only added/changed resources and the names
+//! removed, each resource versioned by its content hash.
+//!
+//! Rules (Envoy xDS protocol, "Incremental xDS"):
+//! - subscribe/unsubscribe changes apply whatever the nonce (they are deltas: dropping one would lose it);
+//!   only the ACK/NACK meaning of a stale nonce is ignored;
+//! - the first request of CDS/LDS with no names is the legacy wildcard; `*` subscribes to everything and
+//!   unsubscribing `*` ends it;
+//! - `initial_resource_versions` on a stream's first request says what the client kept from an earlier
+//!   stream: only resources with another version are sent, and names that no longer exist are removed;
+//! - a newly subscribed name that does not exist is reported in `removed_resources` so the client stops
+//!   waiting for it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tonic::Status;
+
+use super::connection::{ConnState, Flavor, control_plane};
+use super::registry::{Protocol, SentResource};
+use super::{PushContext, type_url};
+
+/// The delta flavour.
+pub(crate) struct Delta;
+
+impl Flavor for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn apply(conn: &mut ConnState, req: DeltaDiscoveryRequest) -> Result<Option<String>, Status> {
+        if req.type_url.is_empty() {
+            return Err(Status::invalid_argument("ADS request without type_url"));
+        }
+        let metrics = conn.shared.metrics.clone();
+        let (ts, is_new) = conn.type_state(&req.type_url);
+        ts.check_nonce(is_new, &req.type_url, &req.response_nonce, None, req.error_detail.as_ref(), &metrics);
+
+        let sent = Arc::make_mut(&mut ts.status.sent);
+        if is_new {
+            for (name, version) in req.initial_resource_versions {
+                sent.insert(name, SentResource::Claimed { version });
+            }
+        }
+        let was_wildcard = ts.status.wildcard;
+        let mut wildcard = was_wildcard
+            || (is_new && req.resource_names_subscribe.is_empty() && type_url::is_wildcard_type(&req.type_url));
+        let names = Arc::make_mut(&mut ts.status.names);
+        for name in req.resource_names_subscribe {
+            if name == "*" {
+                wildcard = true;
+            } else if names.insert(name.clone()) {
+                ts.newly_subscribed.insert(name);
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                wildcard = false;
+            } else {
+                names.remove(name);
+                ts.newly_subscribed.remove(name);
+            }
+        }
+        if !wildcard {
+            // The client drops what it no longer subscribes to.
+            sent.retain(|n, _| names.contains(n));
+        }
+        ts.status.wildcard = wildcard;
+        if is_new || !ts.newly_subscribed.is_empty() || (wildcard && !was_wildcard) {
+            ts.must_respond = true;
+        }
+        Ok(ts.must_respond.then_some(req.type_url))
+    }
+
+    fn build(
+        conn: &mut ConnState,
+        type_url: &str,
+        ctx: &PushContext,
+        push: Option<Instant>,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let ConnState { types, proxy, shared, .. } = conn;
+        let ts = types.get_mut(type_url)?;
+        let chosen = ts.select(ctx.generator.generate(proxy, type_url));
+        let changed: Vec<Arc<_>> = chosen
+            .iter()
+            .filter(|(n, r)| ts.status.sent.get(*n).is_none_or(|s| s.version() != r.version))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut removed: Vec<String> =
+            ts.status.sent.keys().filter(|n| !chosen.contains_key(*n)).cloned().collect();
+        removed.extend(
+            ts.newly_subscribed
+                .iter()
+                .filter(|n| !chosen.contains_key(*n) && !ts.status.sent.contains_key(*n))
+                .cloned(),
+        );
+        ts.newly_subscribed.clear();
+        if !ts.must_respond && changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let nonce = shared.next_nonce();
+        let version = ctx.version.to_string();
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources: changed
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.to_any()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: type_url.to_owned(),
+            removed_resources: removed.clone(),
+            nonce: nonce.clone(),
+            control_plane: control_plane(),
+            ..Default::default()
+        };
+        let names = changed.iter().map(|r| r.name.clone()).chain(removed.iter().cloned()).collect();
+        ts.record_sent(nonce, version, names, push);
+        let sent = Arc::make_mut(&mut ts.status.sent);
+        for r in changed {
+            sent.insert(r.name.clone(), SentResource::Sent(r));
+        }
+        for n in &removed {
+            sent.remove(n);
+        }
+        shared.metrics.count_push(type_url);
+        Some(resp)
+    }
+}

@@ -1,0 +1,101 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`): every response carries the full subscribed set.
+//!
+//! Rules (Envoy xDS protocol, "ACK/NACK and resource type instance version", "How the client specifies what
+//! resources to return", "Resource updates"):
+//! - a request whose `response_nonce` is not the last nonce sent for its type is stale and ignored entirely
+//!   (the client's next ACK carries its current names);
+//! - an empty name list on the first CDS/LDS request is the legacy wildcard, `*` is the explicit one; for
+//!   other types an empty list unsubscribes from everything;
+//! - the server answers the first request of a type, and requests that add names; an ACK, a NACK or a removal
+//!   gets no response.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tonic::Status;
+
+use super::connection::{ConnState, Flavor, NonceCheck, control_plane, same_view};
+use super::registry::{Protocol, SentResource};
+use super::{PushContext, type_url};
+
+/// The SotW flavour.
+pub(crate) struct Sotw;
+
+impl Flavor for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn apply(conn: &mut ConnState, req: DiscoveryRequest) -> Result<Option<String>, Status> {
+        if req.type_url.is_empty() {
+            return Err(Status::invalid_argument("ADS request without type_url"));
+        }
+        let metrics = conn.shared.metrics.clone();
+        let (ts, is_new) = conn.type_state(&req.type_url);
+        let check = ts.check_nonce(
+            is_new,
+            &req.type_url,
+            &req.response_nonce,
+            Some(&req.version_info),
+            req.error_detail.as_ref(),
+            &metrics,
+        );
+        if check == NonceCheck::Stale {
+            return Ok(None);
+        }
+
+        let mut names: BTreeSet<String> = req.resource_names.into_iter().collect();
+        let star = names.remove("*");
+        let (wildcard, legacy) = if star {
+            (true, false)
+        } else if type_url::is_wildcard_type(&req.type_url) && names.is_empty() && (is_new || ts.legacy_wildcard) {
+            (true, true)
+        } else {
+            (false, false)
+        };
+        let added = (wildcard && !ts.status.wildcard) || names.iter().any(|n| !ts.status.names.contains(n));
+        if !wildcard {
+            // Names dropped from the list are forgotten by the client.
+            Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
+        }
+        ts.status.wildcard = wildcard;
+        ts.legacy_wildcard = legacy;
+        if *ts.status.names != names {
+            ts.status.names = Arc::new(names);
+        }
+        if is_new || added {
+            ts.must_respond = true;
+        }
+        Ok(ts.must_respond.then_some(req.type_url))
+    }
+
+    fn build(conn: &mut ConnState, type_url: &str, ctx: &PushContext, push: Option<Instant>) -> Option<DiscoveryResponse> {
+        let ConnState { types, proxy, shared, .. } = conn;
+        let ts = types.get_mut(type_url)?;
+        let chosen = ts.select(ctx.generator.generate(proxy, type_url));
+        if !ts.must_respond && same_view(&ts.status.sent, &chosen) {
+            return None;
+        }
+        let nonce = shared.next_nonce();
+        let version = ctx.version.to_string();
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: chosen.values().map(|r| r.to_any()).collect(),
+            type_url: type_url.to_owned(),
+            nonce: nonce.clone(),
+            control_plane: control_plane(),
+            ..Default::default()
+        };
+        ts.record_sent(nonce, version, chosen.keys().cloned().collect(), push);
+        ts.status.sent = Arc::new(chosen.into_iter().map(|(n, r)| (n, SentResource::Sent(r))).collect());
+        shared.metrics.count_push(type_url);
+        Some(resp)
+    }
+}
