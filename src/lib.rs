@@ -2,7 +2,10 @@
 //!
 //! Data flows one way: `config` (sources → store) → `model` (immutable snapshot) → generators → `xds` server.
 
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod model;
 pub mod xds;
 
 #[cfg(any(test, feature = "testing"))]

@@ -128,6 +128,11 @@ impl Store {
         std::mem::take(&mut self.inner.write().pending)
     }
 
+    /// The changes accumulated since the last `take_changes`, without resetting them.
+    pub fn peek_changes(&self) -> Changes {
+        self.inner.read().pending.clone()
+    }
+
     /// Every stored object, in key order.
     pub fn objects(&self) -> Vec<Object> {
         self.inner.read().objects.values().cloned().collect()

@@ -1,0 +1,123 @@
+//! Command-line interface: argument parsing and the subcommands (`discovery`, `validate`, `version`).
+
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app;
+use crate::model::builder::Debounce;
+
+/// An Istio-compatible service-mesh control plane serving stock Envoy over ADS.
+#[derive(Debug, Parser)]
+#[command(name = "rudder", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,rudder::xds=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines.
+    #[arg(long, global = true, env = "RUDDER_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (istiod's `pilot-discovery discovery`).
+    Discovery(DiscoveryArgs),
+    /// Validate config files: exit 0 when valid, 1 when invalid, 2 when unreadable.
+    Validate(validate::Args),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiscoveryArgs {
+    /// Directory of YAML config (Namespaces, Services, Pods, Istio config, the `istio` ConfigMap), watched.
+    #[arg(long, env = "RUDDER_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Rebuild once config has been quiet this long (istiod's PILOT_DEBOUNCE_AFTER).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    debounce_quiet: Duration,
+    /// Rebuild at most this long after the first change (istiod's PILOT_DEBOUNCE_MAX).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    debounce_max: Duration,
+    /// Load, print the summary and exit (no serving, no watching).
+    #[arg(long)]
+    once: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::istio::common::parse_duration(s)
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    match cli.command {
+        Command::Version => {
+            println!("rudder {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Validate(args) => validate::run(args),
+        Command::Discovery(args) => match discovery(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rudder: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
+    let DiscoveryArgs {
+        config_dir,
+        debounce_quiet,
+        debounce_max,
+        once,
+    } = args;
+    if config_dir.is_none() {
+        anyhow::bail!(
+            "no config source: pass --config-dir DIR (Kubernetes mode is not available yet)"
+        );
+    }
+    let cfg = app::Config {
+        config_dir,
+        debounce: Debounce {
+            quiet: debounce_quiet,
+            max_delay: debounce_max,
+        },
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let bound = app::build(cfg).await?;
+        if once {
+            let built = bound.snapshots.borrow().clone();
+            println!("{}", built.snapshot.summary());
+            for p in &built.snapshot.problems {
+                println!("{p}");
+            }
+            return Ok(());
+        }
+        bound.run().await
+    })
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
