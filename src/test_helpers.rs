@@ -1,1 +1,5 @@
 //! Helpers shared by unit tests, integration tests and the conformance harness (feature `testing`).
+
+pub mod ads;
+pub mod envoy;
+pub mod xds_fixtures;

@@ -36,7 +36,9 @@ pub use server::{Config, Server};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Envoy node id does not have the `<type>~<ip>~<pod>.<ns>~<domain>` shape.
-    #[error("invalid node id {id:?}: {reason} (expected <sidecar|router>~<ip>~<pod>.<namespace>~<domain>)")]
+    #[error(
+        "invalid node id {id:?}: {reason} (expected <sidecar|router>~<ip>~<pod>.<namespace>~<domain>)"
+    )]
     InvalidNodeId {
         /// The node id as sent by Envoy.
         id: String,

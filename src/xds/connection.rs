@@ -113,8 +113,12 @@ impl TypeState {
             }
             None => {
                 self.status.acked_nonce = Some(nonce.to_owned());
-                self.status.acked_version =
-                    Some(version.map(str::to_owned).or_else(|| self.status.version_sent.clone()).unwrap_or_default());
+                self.status.acked_version = Some(
+                    version
+                        .map(str::to_owned)
+                        .or_else(|| self.status.version_sent.clone())
+                        .unwrap_or_default(),
+                );
                 self.status.last_nack = None;
                 if let Some(published) = self.push_published.take() {
                     metrics.convergence.observe(published.elapsed());
@@ -134,7 +138,13 @@ impl TypeState {
     }
 
     /// Records a response about to be sent.
-    pub fn record_sent(&mut self, nonce: String, version: String, names: Vec<String>, push: Option<Instant>) {
+    pub fn record_sent(
+        &mut self,
+        nonce: String,
+        version: String,
+        names: Vec<String>,
+        push: Option<Instant>,
+    ) {
         self.status.nonce_sent = Some(nonce);
         self.status.version_sent = Some(version);
         self.status.responses += 1;
@@ -170,14 +180,20 @@ impl ConnState {
             protocol: self.protocol,
             connected_at: self.connected_at,
             generation: self.generation,
-            types: self.types.iter().map(|(t, s)| (t.clone(), s.status.clone())).collect(),
+            types: self
+                .types
+                .iter()
+                .map(|(t, s)| (t.clone(), s.status.clone()))
+                .collect(),
         });
     }
 }
 
 /// `control_plane` of every response, so Envoy's config dump says who sent it.
 pub(crate) fn control_plane() -> Option<ControlPlane> {
-    Some(ControlPlane { identifier: "rudder".to_owned() })
+    Some(ControlPlane {
+        identifier: "rudder".to_owned(),
+    })
 }
 
 /// How one ADS flavour reads requests and builds responses.
@@ -193,11 +209,17 @@ pub(crate) trait Flavor: Send + 'static {
 
     /// Builds the response for `type_url` from `ctx`, or `None` when the client's view did not change and no
     /// response is owed. `push` is the generation's publication time when a push (not a request) causes it.
-    fn build(conn: &mut ConnState, type_url: &str, ctx: &PushContext, push: Option<Instant>) -> Option<Self::Response>;
+    fn build(
+        conn: &mut ConnState,
+        type_url: &str,
+        ctx: &PushContext,
+        push: Option<Instant>,
+    ) -> Option<Self::Response>;
 }
 
 type Out<F> = mpsc::Sender<Result<<F as Flavor>::Response, Status>>;
-type PermitFuture = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+type PermitFuture =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// Removes the stream from the registry and the connected gauge however the task ends.
 struct Registered {
@@ -213,7 +235,11 @@ impl Drop for Registered {
 }
 
 /// Runs one ADS stream to its end.
-pub(crate) async fn run<F: Flavor>(shared: Arc<Shared>, mut inbound: Streaming<F::Request>, out: Out<F>) {
+pub(crate) async fn run<F: Flavor>(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<F::Request>,
+    out: Out<F>,
+) {
     let first = match inbound.message().await {
         Ok(Some(req)) => req,
         Ok(None) => return,
@@ -224,8 +250,12 @@ pub(crate) async fn run<F: Flavor>(shared: Arc<Shared>, mut inbound: Streaming<F
     };
     let conn_id = shared.next_id();
     let proxy = match F::node(&first) {
-        None => Err(Status::invalid_argument("the first request on an ADS stream must carry a node")),
-        Some(node) => Proxy::from_node(node, conn_id).map_err(|e| Status::invalid_argument(e.to_string())),
+        None => Err(Status::invalid_argument(
+            "the first request on an ADS stream must carry a node",
+        )),
+        Some(node) => {
+            Proxy::from_node(node, conn_id).map_err(|e| Status::invalid_argument(e.to_string()))
+        }
     };
     let proxy = match proxy {
         Ok(p) => Arc::new(p),
@@ -237,7 +267,10 @@ pub(crate) async fn run<F: Flavor>(shared: Arc<Shared>, mut inbound: Streaming<F
     };
     let span = info_span!("ads", node_id = %proxy.id, conn_id, protocol = ?F::PROTOCOL);
     shared.metrics.connected.fetch_add(1, Relaxed);
-    let _registered = Registered { shared: shared.clone(), conn_id };
+    let _registered = Registered {
+        shared: shared.clone(),
+        conn_id,
+    };
     let conn = ConnState {
         conn_id,
         proxy,
@@ -251,7 +284,12 @@ pub(crate) async fn run<F: Flavor>(shared: Arc<Shared>, mut inbound: Streaming<F
 }
 
 impl ConnState {
-    async fn serve<F: Flavor>(mut self, first: F::Request, mut inbound: Streaming<F::Request>, out: Out<F>) {
+    async fn serve<F: Flavor>(
+        mut self,
+        first: F::Request,
+        mut inbound: Streaming<F::Request>,
+        out: Out<F>,
+    ) {
         info!("ADS stream connected");
         let mut ctx_rx = self.shared.ctx_rx.clone();
         let mut drain = self.shared.drain.clone();
@@ -350,10 +388,17 @@ impl ConnState {
             .map(|(t, _)| t.clone())
             .collect();
         types.sort_by_key(|t| type_url::push_rank(t));
-        let responses: Vec<F::Response> =
-            types.iter().filter_map(|t| F::build(self, t, ctx, Some(ctx.published))).collect();
+        let responses: Vec<F::Response> = types
+            .iter()
+            .filter_map(|t| F::build(self, t, ctx, Some(ctx.published)))
+            .collect();
         self.shared.metrics.push_time.observe(started.elapsed());
-        debug!(version = ctx.version, eds_only, responses = responses.len(), "push");
+        debug!(
+            version = ctx.version,
+            eds_only,
+            responses = responses.len(),
+            "push"
+        );
         self.publish();
         for resp in responses {
             if out.send(Ok(resp)).await.is_err() {
@@ -365,6 +410,12 @@ impl ConnState {
 }
 
 /// Whether `chosen` is exactly what the client holds.
-pub(crate) fn same_view(sent: &BTreeMap<String, SentResource>, chosen: &BTreeMap<String, Arc<XdsResource>>) -> bool {
-    sent.len() == chosen.len() && chosen.iter().all(|(n, r)| sent.get(n).is_some_and(|s| s.version() == r.version))
+pub(crate) fn same_view(
+    sent: &BTreeMap<String, SentResource>,
+    chosen: &BTreeMap<String, Arc<XdsResource>>,
+) -> bool {
+    sent.len() == chosen.len()
+        && chosen
+            .iter()
+            .all(|(n, r)| sent.get(n).is_some_and(|s| s.version() == r.version))
 }

@@ -53,7 +53,12 @@ mod tests {
     async fn waits_for_quiet_period() {
         let (tx, mut rx) = watch::channel(0);
         let start = Instant::now();
-        let task = tokio::spawn(async move { (debounce(&mut rx, QUIET, MAX, || false).await, Instant::now()) });
+        let task = tokio::spawn(async move {
+            (
+                debounce(&mut rx, QUIET, MAX, || false).await,
+                Instant::now(),
+            )
+        });
         tx.send(1).unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         tx.send(2).unwrap();
@@ -67,7 +72,12 @@ mod tests {
     async fn max_delay_bounds_a_busy_store() {
         let (tx, mut rx) = watch::channel(0);
         let start = Instant::now();
-        let task = tokio::spawn(async move { (debounce(&mut rx, QUIET, MAX, || false).await, Instant::now()) });
+        let task = tokio::spawn(async move {
+            (
+                debounce(&mut rx, QUIET, MAX, || false).await,
+                Instant::now(),
+            )
+        });
         let writer = tokio::spawn(async move {
             for i in 1..=100u64 {
                 if tx.send(i).is_err() {
@@ -90,7 +100,10 @@ mod tests {
         let flag = eds.clone();
         let start = Instant::now();
         let task = tokio::spawn(async move {
-            (debounce(&mut rx, QUIET, MAX, || flag.load(Ordering::SeqCst)).await, Instant::now())
+            (
+                debounce(&mut rx, QUIET, MAX, || flag.load(Ordering::SeqCst)).await,
+                Instant::now(),
+            )
         });
         tx.send(7).unwrap();
         let (generation, at) = task.await.unwrap();

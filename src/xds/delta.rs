@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
 use tonic::Status;
 
 use super::connection::{ConnState, Flavor, control_plane};
@@ -40,7 +42,14 @@ impl Flavor for Delta {
         }
         let metrics = conn.shared.metrics.clone();
         let (ts, is_new) = conn.type_state(&req.type_url);
-        ts.check_nonce(is_new, &req.type_url, &req.response_nonce, None, req.error_detail.as_ref(), &metrics);
+        ts.check_nonce(
+            is_new,
+            &req.type_url,
+            &req.response_nonce,
+            None,
+            req.error_detail.as_ref(),
+            &metrics,
+        );
 
         let sent = Arc::make_mut(&mut ts.status.sent);
         if is_new {
@@ -50,7 +59,9 @@ impl Flavor for Delta {
         }
         let was_wildcard = ts.status.wildcard;
         let mut wildcard = was_wildcard
-            || (is_new && req.resource_names_subscribe.is_empty() && type_url::is_wildcard_type(&req.type_url));
+            || (is_new
+                && req.resource_names_subscribe.is_empty()
+                && type_url::is_wildcard_type(&req.type_url));
         let names = Arc::make_mut(&mut ts.status.names);
         for name in req.resource_names_subscribe {
             if name == "*" {
@@ -84,16 +95,31 @@ impl Flavor for Delta {
         ctx: &PushContext,
         push: Option<Instant>,
     ) -> Option<DeltaDiscoveryResponse> {
-        let ConnState { types, proxy, shared, .. } = conn;
+        let ConnState {
+            types,
+            proxy,
+            shared,
+            ..
+        } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(ctx.generator.generate(proxy, type_url));
         let changed: Vec<Arc<_>> = chosen
             .iter()
-            .filter(|(n, r)| ts.status.sent.get(*n).is_none_or(|s| s.version() != r.version))
+            .filter(|(n, r)| {
+                ts.status
+                    .sent
+                    .get(*n)
+                    .is_none_or(|s| s.version() != r.version)
+            })
             .map(|(_, r)| r.clone())
             .collect();
-        let mut removed: Vec<String> =
-            ts.status.sent.keys().filter(|n| !chosen.contains_key(*n)).cloned().collect();
+        let mut removed: Vec<String> = ts
+            .status
+            .sent
+            .keys()
+            .filter(|n| !chosen.contains_key(*n))
+            .cloned()
+            .collect();
         removed.extend(
             ts.newly_subscribed
                 .iter()
@@ -123,7 +149,11 @@ impl Flavor for Delta {
             control_plane: control_plane(),
             ..Default::default()
         };
-        let names = changed.iter().map(|r| r.name.clone()).chain(removed.iter().cloned()).collect();
+        let names = changed
+            .iter()
+            .map(|r| r.name.clone())
+            .chain(removed.iter().cloned())
+            .collect();
         ts.record_sent(nonce, version, names, push);
         let sent = Arc::make_mut(&mut ts.status.sent);
         for r in changed {

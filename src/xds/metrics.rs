@@ -86,18 +86,37 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let _ = writeln!(out, "# TYPE pilot_xds gauge\npilot_xds {}", self.connected.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# TYPE pilot_xds gauge\npilot_xds {}",
+            self.connected.load(Relaxed)
+        );
         let _ = writeln!(out, "# TYPE pilot_xds_pushes counter");
         for (i, l) in TYPE_LABELS.iter().enumerate() {
-            let _ = writeln!(out, "pilot_xds_pushes{{type=\"{l}\"}} {}", self.pushes[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "pilot_xds_pushes{{type=\"{l}\"}} {}",
+                self.pushes[i].load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# TYPE pilot_total_xds_rejects counter");
         for (i, l) in TYPE_LABELS.iter().enumerate() {
-            let _ = writeln!(out, "pilot_total_xds_rejects{{type=\"{l}\"}} {}", self.nacks[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "pilot_total_xds_rejects{{type=\"{l}\"}} {}",
+                self.nacks[i].load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# TYPE pilot_xds_expired_nonce counter");
-        let _ = writeln!(out, "pilot_xds_expired_nonce {}", self.stale_nonces.load(Relaxed));
-        for (name, t) in [("pilot_xds_push_time", &self.push_time), ("pilot_proxy_convergence_time", &self.convergence)] {
+        let _ = writeln!(
+            out,
+            "pilot_xds_expired_nonce {}",
+            self.stale_nonces.load(Relaxed)
+        );
+        for (name, t) in [
+            ("pilot_xds_push_time", &self.push_time),
+            ("pilot_proxy_convergence_time", &self.convergence),
+        ] {
             let _ = writeln!(out, "# TYPE {name} summary");
             let _ = writeln!(out, "{name}_count {}", t.count());
             let _ = writeln!(out, "{name}_sum {}", t.sum().as_secs_f64());

@@ -56,7 +56,10 @@ impl FromStr for ProxyId {
     type Err = Error;
 
     fn from_str(id: &str) -> Result<Self, Error> {
-        let err = |reason| Error::InvalidNodeId { id: id.to_owned(), reason };
+        let err = |reason| Error::InvalidNodeId {
+            id: id.to_owned(),
+            reason,
+        };
         let parts: Vec<&str> = id.split('~').collect();
         let [ty, ip, pod_ns, domain] = parts[..] else {
             return Err(err("expected 4 fields separated by '~'"));
@@ -68,7 +71,9 @@ impl FromStr for ProxyId {
         };
         let ip = ip.parse().map_err(|_| err("invalid IP address"))?;
         // Pod names cannot contain dots; namespaces cannot either, so split at the first dot.
-        let (pod, namespace) = pod_ns.split_once('.').ok_or_else(|| err("expected <pod>.<namespace>"))?;
+        let (pod, namespace) = pod_ns
+            .split_once('.')
+            .ok_or_else(|| err("expected <pod>.<namespace>"))?;
         if pod.is_empty() || namespace.is_empty() {
             return Err(err("empty pod or namespace"));
         }
@@ -84,7 +89,15 @@ impl FromStr for ProxyId {
 
 impl fmt::Display for ProxyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}~{}~{}.{}~{}", self.proxy_type.as_str(), self.ip, self.pod, self.namespace, self.domain)
+        write!(
+            f,
+            "{}~{}~{}.{}~{}",
+            self.proxy_type.as_str(),
+            self.ip,
+            self.pod,
+            self.namespace,
+            self.domain
+        )
     }
 }
 
@@ -129,14 +142,23 @@ mod tests {
 
     #[test]
     fn parses_router_with_ipv6() {
-        let id: ProxyId = "router~fd00::1~gw-1.istio-system~istio-system.svc.cluster.local".parse().unwrap();
+        let id: ProxyId = "router~fd00::1~gw-1.istio-system~istio-system.svc.cluster.local"
+            .parse()
+            .unwrap();
         assert_eq!(id.proxy_type, ProxyType::Router);
         assert_eq!(id.ip, "fd00::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn rejects_bad_ids() {
-        for bad in ["", "sidecar", "proxy~1.2.3.4~a.b~d", "sidecar~nope~a.b~d", "sidecar~1.2.3.4~nodot~d", "a~b~c~d~e"] {
+        for bad in [
+            "",
+            "sidecar",
+            "proxy~1.2.3.4~a.b~d",
+            "sidecar~nope~a.b~d",
+            "sidecar~1.2.3.4~nodot~d",
+            "a~b~c~d~e",
+        ] {
             let err = bad.parse::<ProxyId>().unwrap_err();
             assert!(err.to_string().contains("invalid node id"), "{bad}: {err}");
         }

@@ -117,7 +117,10 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { conns: RwLock::new(BTreeMap::new()), changes: watch::Sender::new(0) }
+        Registry {
+            conns: RwLock::new(BTreeMap::new()),
+            changes: watch::Sender::new(0),
+        }
     }
 }
 
@@ -129,7 +132,12 @@ impl Registry {
 
     /// Connections of the proxy `<pod>.<namespace>` (several while a proxy reconnects).
     pub fn by_pod(&self, pod_key: &str) -> Vec<ConnectionStatus> {
-        self.conns.read().values().filter(|c| c.proxy.id.pod_key() == pod_key).cloned().collect()
+        self.conns
+            .read()
+            .values()
+            .filter(|c| c.proxy.id.pod_key() == pod_key)
+            .cloned()
+            .collect()
     }
 
     /// Number of live streams.
@@ -158,7 +166,10 @@ impl Registry {
             if cond(&conns) {
                 return Ok(conns);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return Err(self.connections());
             }
         }

@@ -30,7 +30,10 @@ pub mod type_url {
 
     /// Rank of a type in [`PUSH_ORDER`]; unknown types go last.
     pub fn push_rank(type_url: &str) -> usize {
-        PUSH_ORDER.iter().position(|t| *t == type_url).unwrap_or(PUSH_ORDER.len())
+        PUSH_ORDER
+            .iter()
+            .position(|t| *t == type_url)
+            .unwrap_or(PUSH_ORDER.len())
     }
 
     /// Whether an empty name list on the first SotW request means "everything" (the xDS wildcard types).
@@ -73,12 +76,20 @@ impl XdsResource {
     /// Wraps already-encoded bytes.
     pub fn from_bytes(name: impl Into<String>, type_url: impl Into<String>, bytes: Bytes) -> Self {
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
-        XdsResource { name: name.into(), type_url: type_url.into(), bytes, version }
+        XdsResource {
+            name: name.into(),
+            type_url: type_url.into(),
+            bytes,
+            version,
+        }
     }
 
     /// The resource as an `Any` (copies the bytes: prost's `Any` owns a `Vec`).
     pub fn to_any(&self) -> Any {
-        Any { type_url: self.type_url.clone(), value: self.bytes.to_vec() }
+        Any {
+            type_url: self.type_url.clone(),
+            value: self.bytes.to_vec(),
+        }
     }
 }
 
@@ -120,7 +131,12 @@ pub struct PushContext {
 impl PushContext {
     /// A generation published now.
     pub fn new(version: u64, generator: Arc<dyn Generate>, endpoints_only: bool) -> Self {
-        PushContext { version, generator, endpoints_only, published: Instant::now() }
+        PushContext {
+            version,
+            generator,
+            endpoints_only,
+            published: Instant::now(),
+        }
     }
 }
 

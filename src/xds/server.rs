@@ -44,7 +44,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { addr: SocketAddr::from(([0, 0, 0, 0], 15010)), push_concurrency: 100 }
+        Config {
+            addr: SocketAddr::from(([0, 0, 0, 0], 15010)),
+            push_concurrency: 100,
+        }
     }
 }
 
@@ -60,7 +63,12 @@ pub struct Server {
 impl Server {
     /// A server fed by `ctx_rx`; `None` there means "no snapshot yet" and streams wait for the first one.
     pub fn new(cfg: Config, ctx_rx: watch::Receiver<Option<Arc<PushContext>>>) -> Self {
-        Server { cfg, ctx_rx, registry: Arc::default(), metrics: Arc::default() }
+        Server {
+            cfg,
+            ctx_rx,
+            registry: Arc::default(),
+            metrics: Arc::default(),
+        }
     }
 
     /// The read-only connection registry.
@@ -75,7 +83,9 @@ impl Server {
 
     /// Binds the configured address.
     pub async fn bind(&self) -> Result<(TcpListener, SocketAddr), Error> {
-        let listener = TcpListener::bind(self.cfg.addr).await.map_err(|e| Error::Bind(self.cfg.addr, e))?;
+        let listener = TcpListener::bind(self.cfg.addr)
+            .await
+            .map_err(|e| Error::Bind(self.cfg.addr, e))?;
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
         Ok((listener, addr))
     }
@@ -83,7 +93,11 @@ impl Server {
     /// Serves ADS on `listener` until `shutdown` resolves, then drains: every stream is closed (Envoy
     /// reconnects to another replica) and the future returns once they are gone or after a grace period.
     /// Dropping the future also closes every stream.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
         let (drain_tx, drain_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -104,8 +118,15 @@ impl Server {
             info!(streams = registry.len(), "xDS server draining");
             // Streams end first, so tonic's graceful shutdown has no open stream to wait for.
             let _ = drain_tx.send(true);
-            if registry.wait_for(DRAIN_GRACE, |c| c.is_empty()).await.is_err() {
-                warn!(streams = registry.len(), "xDS streams still open after the drain grace period");
+            if registry
+                .wait_for(DRAIN_GRACE, |c| c.is_empty())
+                .await
+                .is_err()
+            {
+                warn!(
+                    streams = registry.len(),
+                    "xDS streams still open after the drain grace period"
+                );
             }
         };
         tonic::transport::Server::builder()

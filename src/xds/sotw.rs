@@ -55,12 +55,16 @@ impl Flavor for Sotw {
         let star = names.remove("*");
         let (wildcard, legacy) = if star {
             (true, false)
-        } else if type_url::is_wildcard_type(&req.type_url) && names.is_empty() && (is_new || ts.legacy_wildcard) {
+        } else if type_url::is_wildcard_type(&req.type_url)
+            && names.is_empty()
+            && (is_new || ts.legacy_wildcard)
+        {
             (true, true)
         } else {
             (false, false)
         };
-        let added = (wildcard && !ts.status.wildcard) || names.iter().any(|n| !ts.status.names.contains(n));
+        let added =
+            (wildcard && !ts.status.wildcard) || names.iter().any(|n| !ts.status.names.contains(n));
         if !wildcard {
             // Names dropped from the list are forgotten by the client.
             Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
@@ -76,8 +80,18 @@ impl Flavor for Sotw {
         Ok(ts.must_respond.then_some(req.type_url))
     }
 
-    fn build(conn: &mut ConnState, type_url: &str, ctx: &PushContext, push: Option<Instant>) -> Option<DiscoveryResponse> {
-        let ConnState { types, proxy, shared, .. } = conn;
+    fn build(
+        conn: &mut ConnState,
+        type_url: &str,
+        ctx: &PushContext,
+        push: Option<Instant>,
+    ) -> Option<DiscoveryResponse> {
+        let ConnState {
+            types,
+            proxy,
+            shared,
+            ..
+        } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(ctx.generator.generate(proxy, type_url));
         if !ts.must_respond && same_view(&ts.status.sent, &chosen) {
@@ -94,7 +108,12 @@ impl Flavor for Sotw {
             ..Default::default()
         };
         ts.record_sent(nonce, version, chosen.keys().cloned().collect(), push);
-        ts.status.sent = Arc::new(chosen.into_iter().map(|(n, r)| (n, SentResource::Sent(r))).collect());
+        ts.status.sent = Arc::new(
+            chosen
+                .into_iter()
+                .map(|(n, r)| (n, SentResource::Sent(r)))
+                .collect(),
+        );
         shared.metrics.count_push(type_url);
         Some(resp)
     }
