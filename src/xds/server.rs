@@ -143,6 +143,16 @@ struct AdsService {
     shared: Arc<Shared>,
 }
 
+impl AdsService {
+    /// New streams are refused once draining (or once the serving future is gone), so Envoy goes elsewhere.
+    fn check_open(&self) -> Result<(), Status> {
+        if *self.shared.drain.borrow() || self.shared.drain.has_changed().is_err() {
+            return Err(Status::unavailable("xDS server is draining"));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsService {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -152,6 +162,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.check_open()?;
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         // The task ends with the stream (client gone, drain, or server dropped); the registry tracks it.
         let task = connection::run::<Sotw>(self.shared.clone(), request.into_inner(), tx);
@@ -163,6 +174,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.check_open()?;
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let task = connection::run::<Delta>(self.shared.clone(), request.into_inner(), tx);
         tokio::spawn(task.instrument(info_span!("ads_stream")));
