@@ -262,3 +262,174 @@ spec:
         ["api.example.com:443"]
     );
 }
+
+#[test]
+fn service_entries_dns_static_none() {
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: exotic-fruits-service-entry, namespace: micro-shake-factory}
+spec:
+  hosts: [raw.githubusercontent.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: static, namespace: ns}
+spec:
+  hosts: [service2]
+  addresses: [10.9.0.1]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 1.2.3.4}
+  - {address: 1.2.3.5, ports: {http: 8080}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: none, namespace: ns}
+spec:
+  hosts: [passthrough.example.com]
+  ports: [{number: 3306, name: mysql, protocol: TCP}]
+  resolution: NONE
+"#,
+    );
+    let dns = snap
+        .registry
+        .service("raw.githubusercontent.com", "micro-shake-factory")
+        .unwrap();
+    assert_eq!(
+        (dns.resolution, dns.location),
+        (Resolution::Dns, rudder::model::Location::MeshExternal)
+    );
+    assert_eq!(dns.ports[0].protocol, Protocol::Tls);
+    assert_eq!(
+        endpoints(
+            &snap,
+            "raw.githubusercontent.com",
+            "micro-shake-factory",
+            443
+        ),
+        ["raw.githubusercontent.com:443"]
+    );
+
+    let st = snap.registry.service("service2", "ns").unwrap();
+    assert_eq!(
+        (st.resolution, st.location),
+        (
+            Resolution::ClientSideLb,
+            rudder::model::Location::MeshInternal
+        )
+    );
+    assert_eq!(st.addresses, ["10.9.0.1"]);
+    assert_eq!(
+        endpoints(&snap, "service2", "ns", 80),
+        ["1.2.3.4:80", "1.2.3.5:8080"]
+    );
+
+    let none = snap
+        .registry
+        .service("passthrough.example.com", "ns")
+        .unwrap();
+    assert_eq!(none.resolution, Resolution::Passthrough);
+    assert!(endpoints(&snap, "passthrough.example.com", "ns", 3306).is_empty());
+}
+
+#[test]
+fn workload_entries_selected_by_service_entries_and_services() {
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: ns}
+spec:
+  address: 192.168.1.10
+  labels: {app: legacy, security.istio.io/tlsMode: istio}
+  serviceAccount: legacy-sa
+  ports: {http: 9080}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-other, namespace: ns}
+spec:
+  address: 192.168.1.11
+  labels: {app: other}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: ns}
+spec:
+  hosts: [legacy.example.internal]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: legacy}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: ns}
+spec:
+  selector: {app: legacy}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    assert_eq!(
+        endpoints(&snap, "legacy.example.internal", "ns", 80),
+        ["192.168.1.10:9080"]
+    );
+    let svc = snap
+        .registry
+        .service("legacy.example.internal", "ns")
+        .unwrap();
+    let ep = &snap.registry.endpoints(svc, 80)[0];
+    assert_eq!(ep.service_account, "legacy-sa");
+    assert_eq!(ep.workload, "vm-1");
+    assert!(ep.has_sidecar, "tlsMode label marks a proxied workload");
+    assert_eq!(
+        endpoints(&snap, "legacy.ns.svc.cluster.local", "ns", 80),
+        ["192.168.1.10:9080"]
+    );
+}
+
+#[test]
+fn mesh_config_comes_from_the_istio_configmap() {
+    let snap = snapshot(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+"#,
+    );
+    assert_eq!(
+        snap.mesh.outbound_traffic_policy.mode,
+        rudder::config::mesh::OutboundMode::RegistryOnly
+    );
+    assert_eq!(
+        snap.mesh.trust_domain, "cluster.local",
+        "defaults kept for absent fields"
+    );
+
+    let broken = snapshot(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: 'outboundTrafficPolicy: {mode: SOMETIMES}'\n",
+    );
+    assert_eq!(
+        broken.mesh.outbound_traffic_policy.mode,
+        rudder::config::mesh::OutboundMode::AllowAny
+    );
+    assert_eq!(broken.problems.len(), 1, "{:?}", broken.problems);
+    assert!(
+        broken.problems[0]
+            .to_string()
+            .starts_with("ConfigMap istio-system/istio: data.mesh: "),
+        "{}",
+        broken.problems[0]
+    );
+}

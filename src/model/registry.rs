@@ -110,6 +110,20 @@ impl Registry {
             } else {
                 BTreeMap::new()
             };
+            let mut eps = eps;
+            // Istio lets a Kubernetes Service's selector pick WorkloadEntries (VMs) in its namespace too.
+            if !service.selector.is_empty() {
+                for sp in &service.ports {
+                    let entries = super::service_entry::workload_entry_endpoints(
+                        inputs,
+                        &service.namespace,
+                        &service.selector,
+                        sp,
+                    );
+                    eps.entry(sp.port).or_default().extend(entries);
+                }
+                eps.retain(|_, v| !v.is_empty());
+            }
             reg.insert(service, eps);
         }
         super::service_entry::add_service_entries(&mut reg, inputs);

@@ -88,7 +88,7 @@ impl Snapshot {
                         cm.metadata.name.as_deref(),
                     );
                     if key == (Some(MESH_CONFIGMAP.0), Some(MESH_CONFIGMAP.1)) {
-                        match mesh_from_configmap(cm) {
+                        match MeshConfig::from_configmap(cm) {
                             Ok(m) => mesh = m,
                             Err(e) => {
                                 problems.push(ConfigError::for_key(&obj.key(), "data.mesh", e))
@@ -177,9 +177,4 @@ impl Snapshot {
                 .count(),
         }
     }
-}
-
-// SHIM until MeshConfig::from_configmap lands.
-fn mesh_from_configmap(_cm: &k8s_openapi::api::core::v1::ConfigMap) -> Result<MeshConfig, String> {
-    Ok(MeshConfig::default())
 }
