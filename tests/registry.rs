@@ -426,9 +426,9 @@ data:
     );
     assert_eq!(broken.problems.len(), 1, "{:?}", broken.problems);
     assert!(
-        broken.problems[0]
-            .to_string()
-            .starts_with("ConfigMap istio-system/istio: data.mesh: "),
+        broken.problems[0].to_string().starts_with(
+            "ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy.mode: unknown variant"
+        ),
         "{}",
         broken.problems[0]
     );

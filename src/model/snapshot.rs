@@ -91,7 +91,9 @@ impl Snapshot {
                         match MeshConfig::from_configmap(cm) {
                             Ok(m) => mesh = m,
                             Err(e) => {
-                                problems.push(ConfigError::for_key(&obj.key(), "data.mesh", e))
+                                // MeshConfig errors read `data.mesh.field: reason`; split so the path is a path.
+                                let (path, msg) = e.split_once(": ").unwrap_or(("data.mesh", &e));
+                                problems.push(ConfigError::for_key(&obj.key(), path, msg));
                             }
                         }
                     }
