@@ -72,10 +72,10 @@ fn max_enum_len(schema: &Value) -> usize {
 
 /// A value for `schema` that sets every property. Enums take their `variant`-th value (modulo length).
 fn sample(schema: &Value, variant: usize) -> Value {
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        if !values.is_empty() {
-            return values[variant % values.len()].clone();
-        }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array)
+        && !values.is_empty()
+    {
+        return values[variant % values.len()].clone();
     }
     if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
         return json!(1);

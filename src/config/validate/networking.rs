@@ -253,31 +253,32 @@ fn server_tls(t: &ServerTlsSettings, path: &str, r: &mut Report) {
                 );
             }
         }
-        Some(ServerTlsMode::IstioMutual) => {
-            if t.server_certificate.is_some()
+        Some(ServerTlsMode::IstioMutual)
+            if (t.server_certificate.is_some()
                 || t.private_key.is_some()
                 || t.ca_certificates.is_some()
-                || has_credential
-            {
-                r.err(
+                || has_credential) =>
+        {
+            r.err(
                     path,
                     "ISTIO_MUTUAL uses the proxy's Istio certificates: serverCertificate, privateKey, caCertificates and credentialName must not be set",
                 );
-            }
         }
         _ => {}
     }
-    if let (Some(min), Some(max)) = (t.min_protocol_version, t.max_protocol_version) {
-        if min != TlsProtocolVersion::TlsAuto && max != TlsProtocolVersion::TlsAuto && min > max {
-            r.err(
-                format!("{path}.minProtocolVersion"),
-                format!(
-                    "{} is above maxProtocolVersion {}",
-                    enum_name(&min),
-                    enum_name(&max)
-                ),
-            );
-        }
+    if let (Some(min), Some(max)) = (t.min_protocol_version, t.max_protocol_version)
+        && min != TlsProtocolVersion::TlsAuto
+        && max != TlsProtocolVersion::TlsAuto
+        && min > max
+    {
+        r.err(
+            format!("{path}.minProtocolVersion"),
+            format!(
+                "{} is above maxProtocolVersion {}",
+                enum_name(&min),
+                enum_name(&max)
+            ),
+        );
     }
 }
 
@@ -297,10 +298,10 @@ pub(super) fn virtual_service(spec: &VirtualServiceSpec, r: &mut Report) {
                 path,
                 "host \"*\" is only allowed when the VirtualService is bound to gateways (not to mesh)",
             );
-        } else if h.parse::<IpAddr>().is_err() {
-            if let Err(e) = check_host(h, true) {
-                r.err(path, e);
-            }
+        } else if h.parse::<IpAddr>().is_err()
+            && let Err(e) = check_host(h, true)
+        {
+            r.err(path, e);
         }
     }
     for (i, g) in spec.gateways.iter().enumerate() {
@@ -387,10 +388,10 @@ fn http_route(route: &HttpRoute, path: &str, r: &mut Report) {
                 }
             }
         }
-        if let Some(ns) = d.namespace.as_deref().filter(|n| !n.is_empty()) {
-            if let Err(e) = dns1123_label(ns) {
-                r.err(format!("{path}.delegate.namespace"), e);
-            }
+        if let Some(ns) = d.namespace.as_deref().filter(|n| !n.is_empty())
+            && let Err(e) = dns1123_label(ns)
+        {
+            r.err(format!("{path}.delegate.namespace"), e);
         }
     }
     if let Some(rw) = &route.rewrite {
@@ -470,10 +471,10 @@ fn presence_or_string_match(m: &StringMatch, path: &str, r: &mut Report) {
             format!("at most one of exact, prefix or regex may be set (found {set})"),
         );
     }
-    if let Some(re) = &m.regex {
-        if let Err(e) = check_regex(re) {
-            r.err(format!("{path}.regex"), e);
-        }
+    if let Some(re) = &m.regex
+        && let Err(e) = check_regex(re)
+    {
+        r.err(format!("{path}.regex"), e);
     }
 }
 
@@ -491,21 +492,22 @@ fn http_redirect(rd: &HttpRedirect, path: &str, r: &mut Report) {
         r.err(path, "only one of port or derivePort may be set");
     }
     optional_port(rd.port, &format!("{path}.port"), r);
-    if let Some(code) = rd.redirect_code {
-        if ![301, 302, 303, 307, 308].contains(&code) {
-            r.err(
-                format!("{path}.redirectCode"),
-                format!("redirect code must be one of 301, 302, 303, 307 or 308 (found {code})"),
-            );
-        }
+    if let Some(code) = rd.redirect_code
+        && ![301, 302, 303, 307, 308].contains(&code)
+    {
+        r.err(
+            format!("{path}.redirectCode"),
+            format!("redirect code must be one of 301, 302, 303, 307 or 308 (found {code})"),
+        );
     }
-    if let Some(scheme) = &rd.scheme {
-        if scheme != "http" && scheme != "https" {
-            r.err(
-                format!("{path}.scheme"),
-                format!("scheme must be http or https (found {scheme:?})"),
-            );
-        }
+    if let Some(scheme) = &rd.scheme
+        && scheme != "http"
+        && scheme != "https"
+    {
+        r.err(
+            format!("{path}.scheme"),
+            format!("scheme must be http or https (found {scheme:?})"),
+        );
     }
 }
 
@@ -525,10 +527,10 @@ fn direct_response(dr: &HttpDirectResponse, path: &str, r: &mut Report) {
                 "only one of string or bytes may be set",
             );
         }
-        if let Some(b) = &body.bytes {
-            if !is_base64(b) {
-                r.err(format!("{path}.body.bytes"), "must be base64-encoded");
-            }
+        if let Some(b) = &body.bytes
+            && !is_base64(b)
+        {
+            r.err(format!("{path}.body.bytes"), "must be base64-encoded");
         }
     }
 }
@@ -559,13 +561,13 @@ fn rewrite(rw: &HttpRewrite, path: &str, r: &mut Report) {
 }
 
 fn retries(retry: &HttpRetry, path: &str, r: &mut Report) {
-    if let Some(a) = retry.attempts {
-        if a < 0 {
-            r.err(
-                format!("{path}.attempts"),
-                format!("attempts must not be negative (found {a})"),
-            );
-        }
+    if let Some(a) = retry.attempts
+        && a < 0
+    {
+        r.err(
+            format!("{path}.attempts"),
+            format!("attempts must not be negative (found {a})"),
+        );
     }
     min_1ms(retry.per_try_timeout, &format!("{path}.perTryTimeout"), r);
     min_1ms(retry.backoff, &format!("{path}.backoff"), r);
@@ -599,10 +601,10 @@ fn fault(f: &HttpFaultInjection, path: &str, r: &mut Report) {
         }
         min_1ms(d.fixed_delay, &format!("{p}.fixedDelay"), r);
         min_1ms(d.exponential_delay, &format!("{p}.exponentialDelay"), r);
-        if let Some(pct) = d.percent {
-            if let Err(e) = check_percent(f64::from(pct)) {
-                r.err(format!("{p}.percent"), e);
-            }
+        if let Some(pct) = d.percent
+            && let Err(e) = check_percent(f64::from(pct))
+        {
+            r.err(format!("{p}.percent"), e);
         }
         percentage(d.percentage.as_ref(), &format!("{p}.percentage"), r);
     }
@@ -621,13 +623,13 @@ fn fault(f: &HttpFaultInjection, path: &str, r: &mut Report) {
                 "only one of httpStatus, grpcStatus or http2Error may be set",
             ),
         }
-        if let Some(s) = a.http_status {
-            if !(200..=599).contains(&s) {
-                r.err(
-                    format!("{p}.httpStatus"),
-                    format!("HTTP status must be in the range 200..599 (found {s})"),
-                );
-            }
+        if let Some(s) = a.http_status
+            && !(200..=599).contains(&s)
+        {
+            r.err(
+                format!("{p}.httpStatus"),
+                format!("HTTP status must be in the range 200..599 (found {s})"),
+            );
         }
         if let Some(g) = &a.grpc_status {
             let numeric = g.parse::<u8>().is_ok_and(|n| n <= 16);
@@ -666,10 +668,10 @@ fn mirrors(route: &HttpRoute, path: &str, r: &mut Report) {
         ("mirrorPercent", route.mirror_percent),
         ("mirror_percent", route.mirror_percent_snake),
     ] {
-        if let Some(v) = value {
-            if let Err(e) = check_percent(f64::from(v)) {
-                r.err(format!("{path}.{field}"), e);
-            }
+        if let Some(v) = value
+            && let Err(e) = check_percent(f64::from(v))
+        {
+            r.err(format!("{path}.{field}"), e);
         }
     }
     for (i, m) in route.mirrors.iter().enumerate() {
@@ -699,10 +701,10 @@ fn cors_policy(c: &CorsPolicy, path: &str, r: &mut Report) {
         ("exposeHeaders", &c.expose_headers),
     ] {
         for (i, h) in list.iter().enumerate() {
-            if h != "*" {
-                if let Err(e) = header_name(h) {
-                    r.err(format!("{path}.{field}[{i}]"), e);
-                }
+            if h != "*"
+                && let Err(e) = header_name(h)
+            {
+                r.err(format!("{path}.{field}[{i}]"), e);
             }
         }
     }
@@ -790,13 +792,13 @@ fn tcp_route(route: &TcpRoute, path: &str, r: &mut Report) {
             &format!("{p}.destinationSubnets"),
             r,
         );
-        if let Some(s) = &m.source_subnet {
-            if !is_ip_or_cidr(s) {
-                r.err(
-                    format!("{p}.sourceSubnet"),
-                    format!("{s:?} is not an IP address or CIDR"),
-                );
-            }
+        if let Some(s) = &m.source_subnet
+            && !is_ip_or_cidr(s)
+        {
+            r.err(
+                format!("{p}.sourceSubnet"),
+                format!("{s:?} is not an IP address or CIDR"),
+            );
         }
         optional_port(m.port, &format!("{p}.port"), r);
         labels(&m.source_labels, &format!("{p}.sourceLabels"), r);
@@ -851,15 +853,15 @@ fn destination(d: &Destination, path: &str, r: &mut Report) {
     } else if let Err(e) = check_host(&d.host, false) {
         r.err(format!("{path}.host"), e);
     }
-    if let Some(subset) = &d.subset {
-        if let Err(e) = dns1123_label(subset) {
-            r.err(format!("{path}.subset"), e);
-        }
+    if let Some(subset) = &d.subset
+        && let Err(e) = dns1123_label(subset)
+    {
+        r.err(format!("{path}.subset"), e);
     }
-    if let Some(port) = &d.port {
-        if let Err(e) = check_port(port.number) {
-            r.err(format!("{path}.port.number"), e);
-        }
+    if let Some(port) = &d.port
+        && let Err(e) = check_port(port.number)
+    {
+        r.err(format!("{path}.port.number"), e);
     }
 }
 
@@ -951,20 +953,21 @@ fn traffic_policy(tp: &TrafficPolicy, path: &str, r: &mut Report) {
             r.err(format!("{p}.targetHost"), "required");
         }
         required_port(t.target_port, &format!("{p}.targetPort"), r);
-        if let Some(proto) = &t.protocol {
-            if proto != "CONNECT" && proto != "POST" {
-                r.err(
-                    format!("{p}.protocol"),
-                    format!("tunnel protocol must be CONNECT or POST (found {proto:?})"),
-                );
-            }
+        if let Some(proto) = &t.protocol
+            && proto != "CONNECT"
+            && proto != "POST"
+        {
+            r.err(
+                format!("{p}.protocol"),
+                format!("tunnel protocol must be CONNECT or POST (found {proto:?})"),
+            );
         }
     }
     if let Some(rb) = &tp.retry_budget {
-        if let Some(pct) = rb.percent {
-            if let Err(e) = check_percent(pct) {
-                r.err(format!("{path}.retryBudget.percent"), e);
-            }
+        if let Some(pct) = rb.percent
+            && let Err(e) = check_percent(pct)
+        {
+            r.err(format!("{path}.retryBudget.percent"), e);
         }
         min_1ms(
             rb.budget_interval,
@@ -1030,10 +1033,10 @@ fn load_balancer(lb: &LoadBalancerSettings, path: &str, r: &mut Report) {
         if ch.ring_hash.is_some() && ch.maglev.is_some() {
             r.err(&p, "only one of ringHash or maglev may be set");
         }
-        if let Some(h) = &ch.http_header_name {
-            if let Err(e) = header_name(h) {
-                r.err(format!("{p}.httpHeaderName"), e);
-            }
+        if let Some(h) = &ch.http_header_name
+            && let Err(e) = header_name(h)
+        {
+            r.err(format!("{p}.httpHeaderName"), e);
         }
         if let Some(c) = &ch.http_cookie {
             if c.name.is_empty() {
@@ -1089,10 +1092,10 @@ fn load_balancer(lb: &LoadBalancerSettings, path: &str, r: &mut Report) {
             None => r.err(format!("{p}.duration"), "required"),
             d => min_1ms(d, &format!("{p}.duration"), r),
         }
-        if let Some(m) = w.minimum_percent {
-            if let Err(e) = check_percent(m) {
-                r.err(format!("{p}.minimumPercent"), e);
-            }
+        if let Some(m) = w.minimum_percent
+            && let Err(e) = check_percent(m)
+        {
+            r.err(format!("{p}.minimumPercent"), e);
         }
         if let Some(a) = w.aggression.filter(|a| *a < 0.0) {
             r.err(
@@ -1172,10 +1175,10 @@ fn outlier_detection(od: &OutlierDetection, path: &str, r: &mut Report) {
         ("maxEjectionPercent", od.max_ejection_percent),
         ("minHealthPercent", od.min_health_percent),
     ] {
-        if let Some(v) = v {
-            if let Err(e) = check_percent(f64::from(v)) {
-                r.err(format!("{path}.{field}"), e);
-            }
+        if let Some(v) = v
+            && let Err(e) = check_percent(f64::from(v))
+        {
+            r.err(format!("{path}.{field}"), e);
         }
     }
     for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
@@ -1280,13 +1283,13 @@ pub(super) fn service_entry(spec: &ServiceEntrySpec, r: &mut Report) {
     for (i, p) in spec.ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         required_port(p.number, &format!("{path}.number"), r);
-        if let Some(n) = p.number.filter(|n| check_port(*n).is_ok()) {
-            if !numbers.insert(n) {
-                r.err(
-                    format!("{path}.number"),
-                    format!("duplicate port number {n}"),
-                );
-            }
+        if let Some(n) = p.number.filter(|n| check_port(*n).is_ok())
+            && !numbers.insert(n)
+        {
+            r.err(
+                format!("{path}.number"),
+                format!("duplicate port number {n}"),
+            );
         }
         match p.name.as_deref().filter(|n| !n.is_empty()) {
             None => r.err(format!("{path}.name"), "required"),
@@ -1333,18 +1336,15 @@ pub(super) fn service_entry(spec: &ServiceEntrySpec, r: &mut Report) {
     for (i, ep) in spec.endpoints.iter().enumerate() {
         let path = format!("spec.endpoints[{i}]");
         workload(ep, &path, true, Some(&names), r);
-        if let Some(a) = ep.address.as_deref().filter(|a| !a.is_empty()) {
-            if resolution == ServiceEntryResolution::Static
-                && !a.starts_with("unix://")
-                && a.parse::<IpAddr>().is_err()
-            {
-                r.err(
-                    format!("{path}.address"),
-                    format!(
-                        "{a:?} must be an IP address or a unix:// socket with STATIC resolution"
-                    ),
-                );
-            }
+        if let Some(a) = ep.address.as_deref().filter(|a| !a.is_empty())
+            && resolution == ServiceEntryResolution::Static
+            && !a.starts_with("unix://")
+            && a.parse::<IpAddr>().is_err()
+        {
+            r.err(
+                format!("{path}.address"),
+                format!("{a:?} must be an IP address or a unix:// socket with STATIC resolution"),
+            );
         }
     }
     if let Some(ws) = &spec.workload_selector {
@@ -1400,13 +1400,13 @@ fn workload(
                         "a unix:// address cannot have ports",
                     );
                 }
-            } else if a.parse::<IpAddr>().is_err() {
-                if let Err(e) = check_host(a, false) {
-                    r.err(
-                        format!("{path}.address"),
-                        format!("not an IP address, DNS name or unix:// socket: {e}"),
-                    );
-                }
+            } else if a.parse::<IpAddr>().is_err()
+                && let Err(e) = check_host(a, false)
+            {
+                r.err(
+                    format!("{path}.address"),
+                    format!("not an IP address, DNS name or unix:// socket: {e}"),
+                );
             }
         }
     }
@@ -1419,23 +1419,23 @@ fn workload(
                     "invalid port name {name:?} (letters, digits and '-', at most 62 characters)"
                 ),
             );
-        } else if let Some(names) = port_names {
-            if !names.contains(name.as_str()) {
-                r.err(
-                    &p,
-                    format!("port {name:?} is not one of the ServiceEntry's spec.ports names"),
-                );
-            }
+        } else if let Some(names) = port_names
+            && !names.contains(name.as_str())
+        {
+            r.err(
+                &p,
+                format!("port {name:?} is not one of the ServiceEntry's spec.ports names"),
+            );
         }
         if let Err(e) = check_port(*number) {
             r.err(&p, e);
         }
     }
     labels(&w.labels, &format!("{path}.labels"), r);
-    if let Some(sa) = w.service_account.as_deref().filter(|s| !s.is_empty()) {
-        if let Err(e) = dns1123_subdomain(sa) {
-            r.err(format!("{path}.serviceAccount"), e);
-        }
+    if let Some(sa) = w.service_account.as_deref().filter(|s| !s.is_empty())
+        && let Err(e) = dns1123_subdomain(sa)
+    {
+        r.err(format!("{path}.serviceAccount"), e);
     }
 }
 
@@ -1468,13 +1468,14 @@ fn probe(p: &ReadinessProbe, path: &str, r: &mut Report) {
     }
     if let Some(h) = &p.http_get {
         required_port(h.port, &format!("{path}.httpGet.port"), r);
-        if let Some(s) = h.scheme.as_deref().filter(|s| !s.is_empty()) {
-            if s != "HTTP" && s != "HTTPS" {
-                r.err(
-                    format!("{path}.httpGet.scheme"),
-                    format!("scheme must be HTTP or HTTPS (found {s:?})"),
-                );
-            }
+        if let Some(s) = h.scheme.as_deref().filter(|s| !s.is_empty())
+            && s != "HTTP"
+            && s != "HTTPS"
+        {
+            r.err(
+                format!("{path}.httpGet.scheme"),
+                format!("scheme must be HTTP or HTTPS (found {s:?})"),
+            );
         }
         for (i, hdr) in h.http_headers.iter().enumerate() {
             if let Err(e) = header_name(hdr.name.as_deref().unwrap_or_default()) {
@@ -1488,10 +1489,10 @@ fn probe(p: &ReadinessProbe, path: &str, r: &mut Report) {
     if let Some(g) = &p.grpc {
         required_port(g.port, &format!("{path}.grpc.port"), r);
     }
-    if let Some(e) = &p.exec {
-        if e.command.is_empty() {
-            r.err(format!("{path}.exec.command"), "required");
-        }
+    if let Some(e) = &p.exec
+        && e.command.is_empty()
+    {
+        r.err(format!("{path}.exec.command"), "required");
     }
 }
 
@@ -1559,28 +1560,28 @@ pub(super) fn sidecar(spec: &SidecarSpec, r: &mut Report) {
     if let Some(cp) = &spec.inbound_connection_pool {
         connection_pool(cp, "spec.inboundConnectionPool", r);
     }
-    if let Some(otp) = &spec.outbound_traffic_policy {
-        if let Some(proxy) = &otp.egress_proxy {
-            if otp.mode != Some(OutboundTrafficMode::AllowAny) {
-                r.err(
-                    "spec.outboundTrafficPolicy.egressProxy",
-                    "egressProxy needs mode ALLOW_ANY",
-                );
-            }
-            destination(proxy, "spec.outboundTrafficPolicy.egressProxy", r);
+    if let Some(otp) = &spec.outbound_traffic_policy
+        && let Some(proxy) = &otp.egress_proxy
+    {
+        if otp.mode != Some(OutboundTrafficMode::AllowAny) {
+            r.err(
+                "spec.outboundTrafficPolicy.egressProxy",
+                "egressProxy needs mode ALLOW_ANY",
+            );
         }
+        destination(proxy, "spec.outboundTrafficPolicy.egressProxy", r);
     }
 }
 
 fn listener_port(p: &Port, path: &str, seen: &mut BTreeSet<u32>, r: &mut Report) {
     required_port(p.number, &format!("{path}.number"), r);
-    if let Some(n) = p.number.filter(|n| check_port(*n).is_ok()) {
-        if !seen.insert(n) {
-            r.err(
-                format!("{path}.number"),
-                format!("port {n} is already used by another listener"),
-            );
-        }
+    if let Some(n) = p.number.filter(|n| check_port(*n).is_ok())
+        && !seen.insert(n)
+    {
+        r.err(
+            format!("{path}.number"),
+            format!("port {n} is already used by another listener"),
+        );
     }
     port_protocol(p.protocol.as_deref(), &format!("{path}.protocol"), r);
     optional_port(p.target_port, &format!("{path}.targetPort"), r);
@@ -1669,10 +1670,10 @@ fn config_patch(cp: &EnvoyConfigObjectPatch, path: &str, r: &mut Report) {
                 "only allowed when context is WAYPOINT",
             );
         }
-        if let Some(v) = m.proxy.as_ref().and_then(|px| px.proxy_version.as_ref()) {
-            if let Err(e) = check_regex(v) {
-                r.err(format!("{p}.proxy.proxyVersion"), e);
-            }
+        if let Some(v) = m.proxy.as_ref().and_then(|px| px.proxy_version.as_ref())
+            && let Err(e) = check_regex(v)
+        {
+            r.err(format!("{p}.proxy.proxyVersion"), e);
         }
         let objects: Vec<&str> = [
             (m.listener.is_some(), "listener"),
@@ -1782,10 +1783,10 @@ fn enum_name<T: Serialize>(v: &T) -> String {
 
 /// Durations Istio's CRD requires to be at least 1ms (timeouts, intervals, ejection times).
 fn min_1ms(d: Option<Duration>, path: &str, r: &mut Report) {
-    if let Some(d) = d {
-        if d.get() < std::time::Duration::from_millis(1) {
-            r.err(path, format!("duration must be at least 1ms (found {d})"));
-        }
+    if let Some(d) = d
+        && d.get() < std::time::Duration::from_millis(1)
+    {
+        r.err(path, format!("duration must be at least 1ms (found {d})"));
     }
 }
 
@@ -1796,10 +1797,10 @@ fn non_negative(v: Option<i32>, path: &str, r: &mut Report) {
 }
 
 fn percentage(p: Option<&Percent>, path: &str, r: &mut Report) {
-    if let Some(p) = p {
-        if let Err(e) = check_percent(p.value) {
-            r.err(format!("{path}.value"), e);
-        }
+    if let Some(p) = p
+        && let Err(e) = check_percent(p.value)
+    {
+        r.err(format!("{path}.value"), e);
     }
 }
 
@@ -1815,24 +1816,24 @@ fn required_port(p: Option<u32>, path: &str, r: &mut Report) {
 }
 
 fn optional_port(p: Option<u32>, path: &str, r: &mut Report) {
-    if let Some(n) = p {
-        if let Err(e) = check_port(n) {
-            r.err(path, e);
-        }
+    if let Some(n) = p
+        && let Err(e) = check_port(n)
+    {
+        r.err(path, e);
     }
 }
 
 fn port_protocol(proto: Option<&str>, path: &str, r: &mut Report) {
-    if let Some(proto) = proto.filter(|p| !p.is_empty()) {
-        if !PORT_PROTOCOLS.contains(&proto.to_ascii_uppercase().as_str()) {
-            r.err(
-                path,
-                format!(
-                    "unsupported protocol {proto:?} (expected one of {})",
-                    PORT_PROTOCOLS.join(", ")
-                ),
-            );
-        }
+    if let Some(proto) = proto.filter(|p| !p.is_empty())
+        && !PORT_PROTOCOLS.contains(&proto.to_ascii_uppercase().as_str())
+    {
+        r.err(
+            path,
+            format!(
+                "unsupported protocol {proto:?} (expected one of {})",
+                PORT_PROTOCOLS.join(", ")
+            ),
+        );
     }
 }
 
@@ -1938,10 +1939,10 @@ fn export_to(list: &[String], path: &str, r: &mut Report) {
 }
 
 fn source_namespace(ns: Option<&str>, path: &str, r: &mut Report) {
-    if let Some(ns) = ns.filter(|n| !n.is_empty()) {
-        if let Err(e) = dns1123_label(ns) {
-            r.err(format!("{path}.sourceNamespace"), e);
-        }
+    if let Some(ns) = ns.filter(|n| !n.is_empty())
+        && let Err(e) = dns1123_label(ns)
+    {
+        r.err(format!("{path}.sourceNamespace"), e);
     }
 }
 
@@ -1999,12 +2000,12 @@ fn label_key(k: &str) -> Result<(), String> {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, k),
     };
-    if let Some(prefix) = prefix {
-        if dns1123_subdomain(prefix).is_err() {
-            return Err(format!(
-                "invalid label key {k:?}: the prefix must be a DNS subdomain"
-            ));
-        }
+    if let Some(prefix) = prefix
+        && dns1123_subdomain(prefix).is_err()
+    {
+        return Err(format!(
+            "invalid label key {k:?}: the prefix must be a DNS subdomain"
+        ));
     }
     if !is_label_name(name) {
         return Err(format!(
@@ -2034,7 +2035,7 @@ fn is_port_name(s: &str) -> bool {
 
 fn is_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.len() - body.len() <= 2
         && body
             .bytes()
