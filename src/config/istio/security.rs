@@ -71,9 +71,13 @@ pub struct JwtRule {
     pub issuer: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
-    /// URL of the JWKS. The CRD also lists the proto spelling `jwks_uri`, accepted as an alias.
-    #[serde(alias = "jwks_uri", skip_serializing_if = "Option::is_none")]
+    /// URL of the JWKS. Use [`JwtRule::effective_jwks_uri`], which also reads the `jwks_uri` spelling.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// The proto spelling of `jwksUri`, which the CRD also lists. A separate field (not a serde alias) so that an
+    /// object setting both decodes and the validator can say only one may be set.
+    #[serde(rename = "jwks_uri", skip_serializing_if = "Option::is_none")]
+    pub jwks_uri_snake: Option<String>,
     /// Inline JWKS (a JSON document in a string).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<String>,
@@ -263,6 +267,13 @@ pub struct Condition {
     pub not_values: Vec<String>,
 }
 
+impl JwtRule {
+    /// `jwksUri`, or its `jwks_uri` spelling.
+    pub fn effective_jwks_uri(&self) -> Option<&str> {
+        self.jwks_uri.as_deref().or(self.jwks_uri_snake.as_deref())
+    }
+}
+
 impl AuthorizationPolicySpec {
     /// The action, with Istio's default (ALLOW) applied.
     pub fn effective_action(&self) -> AuthorizationAction {
@@ -296,6 +307,6 @@ mod tests {
         let rule: JwtRule =
             serde_json::from_value(serde_json::json!({"issuer": "i", "jwks_uri": "https://x/j"}))
                 .unwrap();
-        assert_eq!(rule.jwks_uri.as_deref(), Some("https://x/j"));
+        assert_eq!(rule.effective_jwks_uri(), Some("https://x/j"));
     }
 }

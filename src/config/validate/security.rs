@@ -50,13 +50,19 @@ fn jwt_rule(rule: &JwtRule, path: &str, r: &mut Report) {
         r.err(format!("{path}.issuer"), "required");
     }
     non_empty_items(&rule.audiences, format!("{path}.audiences"), r);
-    if rule.jwks.is_some() && rule.jwks_uri.is_some() {
+    let sources = [&rule.jwks, &rule.jwks_uri, &rule.jwks_uri_snake];
+    if sources.iter().filter(|s| s.is_some()).count() > 1 {
         r.err(path, "only one of jwks or jwksUri may be set");
     }
-    if let Some(uri) = &rule.jwks_uri
-        && let Err(e) = check_http_url(uri)
-    {
-        r.err(format!("{path}.jwksUri"), e);
+    for (field, uri) in [
+        ("jwksUri", &rule.jwks_uri),
+        ("jwks_uri", &rule.jwks_uri_snake),
+    ] {
+        if let Some(uri) = uri
+            && let Err(e) = check_http_url(uri)
+        {
+            r.err(format!("{path}.{field}"), e);
+        }
     }
     if let Some(jwks) = &rule.jwks
         && let Err(e) = serde_json::from_str::<serde_json::Value>(jwks)

@@ -109,6 +109,11 @@ fn invalid_documents_report_one_exact_line_each() {
         ),
         (
             RA,
+            "  jwtRules:\n  - issuer: a\n    jwksUri: https://a/j\n    jwks_uri: https://a/j\n",
+            "RequestAuthentication shop/jwt: spec.jwtRules[0]: only one of jwks or jwksUri may be set",
+        ),
+        (
+            RA,
             "  jwtRules:\n  - issuer: a\n    jwksUri: ftp://example.com/jwks.json\n",
             "RequestAuthentication shop/jwt: spec.jwtRules[0].jwksUri: \"ftp://example.com/jwks.json\" is not an http:// or https:// URL",
         ),
