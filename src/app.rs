@@ -1,6 +1,7 @@
 //! The one place components are built and wired together: store, sources, snapshot builder (and, as they land,
 //! the xDS and debug servers).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::config::source::file::FileSource;
 use crate::config::store::Store;
+use crate::envoy::Generator;
 use crate::model::builder::{self, Built, Debounce};
+use crate::xds::{self, PushContext};
 
 /// Settings for `rudder discovery`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,6 +23,10 @@ pub struct Config {
     pub debounce: Debounce,
     /// How long the file watcher lets a burst of writes settle before reloading.
     pub file_settle: Duration,
+    /// Plaintext ADS (istiod's 15010); `None` disables serving (e.g. `discovery --once`).
+    pub xds_addr: Option<SocketAddr>,
+    /// How many proxies may compute a push at once.
+    pub push_concurrency: usize,
 }
 
 impl Default for Config {
@@ -28,6 +35,8 @@ impl Default for Config {
             config_dir: None,
             debounce: Debounce::default(),
             file_settle: Duration::from_millis(50),
+            xds_addr: Some(SocketAddr::from(([0, 0, 0, 0], 15010))),
+            push_concurrency: 100,
         }
     }
 }
@@ -37,6 +46,12 @@ pub struct Bound {
     pub store: Arc<Store>,
     /// The latest snapshot; every consumer subscribes here.
     pub snapshots: watch::Receiver<Arc<Built>>,
+    /// Where ADS is served, when it is.
+    pub xds_addr: Option<SocketAddr>,
+    /// Connection state of every proxy (for the debug API and tests).
+    pub xds_registry: Option<Arc<xds::Registry>>,
+    pub xds_metrics: Option<Arc<xds::Metrics>>,
+    shutdown: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
@@ -72,14 +87,69 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         builder::run(s, debounce, tx).await;
         Ok(())
     });
+    let (shutdown, _) = watch::channel(false);
+    let (mut xds_addr, mut xds_registry, mut xds_metrics) = (None, None, None);
+    if let Some(addr) = cfg.xds_addr {
+        let (ctx_tx, ctx_rx) = watch::channel(None);
+        tasks.spawn(publish_push_contexts(rx.clone(), ctx_tx));
+        let server = xds::Server::new(
+            xds::Config {
+                addr,
+                push_concurrency: cfg.push_concurrency,
+            },
+            ctx_rx,
+        );
+        let (listener, bound) = server.bind().await?;
+        tracing::info!(addr = %bound, "serving ADS (plaintext)");
+        xds_addr = Some(bound);
+        xds_registry = Some(server.registry());
+        xds_metrics = Some(server.metrics());
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            server.serve(listener, stopped).await.context("xDS server")
+        });
+    }
     Ok(Bound {
         store,
         snapshots: rx,
+        xds_addr,
+        xds_registry,
+        xds_metrics,
+        shutdown,
         tasks,
     })
 }
 
+/// Turns each new snapshot into a push generation for the xDS server.
+async fn publish_push_contexts(
+    mut snapshots: watch::Receiver<Arc<Built>>,
+    tx: watch::Sender<Option<Arc<PushContext>>>,
+) -> anyhow::Result<()> {
+    loop {
+        let built = snapshots.borrow_and_update().clone();
+        let generator = Arc::new(Generator::new(built.snapshot.clone()));
+        let ctx = PushContext::new(
+            built.snapshot.version,
+            generator,
+            built.changes.endpoints_only(),
+        );
+        if tx.send(Some(Arc::new(ctx))).is_err() || snapshots.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
 impl Bound {
+    /// Stops serving: ADS streams are closed so proxies reconnect elsewhere.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
     /// Runs until a task fails or the process is interrupted.
     pub async fn run(mut self) -> anyhow::Result<()> {
         tokio::select! {

@@ -49,6 +49,12 @@ struct DiscoveryArgs {
     /// Load, print the summary and exit (no serving, no watching).
     #[arg(long)]
     once: bool,
+    /// Plaintext ADS address (istiod's port 15010).
+    #[arg(long, default_value = "0.0.0.0:15010", env = "RUDDER_GRPC_ADDR")]
+    grpc_addr: std::net::SocketAddr,
+    /// How many proxies may compute a push at once.
+    #[arg(long, default_value_t = 100)]
+    push_concurrency: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -81,6 +87,8 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         debounce_quiet,
         debounce_max,
         once,
+        grpc_addr,
+        push_concurrency,
     } = args;
     if config_dir.is_none() {
         anyhow::bail!(
@@ -93,6 +101,8 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
             quiet: debounce_quiet,
             max_delay: debounce_max,
         },
+        xds_addr: (!once).then_some(grpc_addr),
+        push_concurrency,
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new()?;

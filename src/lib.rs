@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod envoy;
 pub mod model;
 pub mod xds;
 

@@ -150,7 +150,14 @@ fn discovery_reacts_to_edits() {
         std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
     let mut child = rudder()
-        .args(["discovery", "--debounce-quiet", "10ms", "--config-dir"])
+        .args([
+            "discovery",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--debounce-quiet",
+            "10ms",
+            "--config-dir",
+        ])
         .arg(dir.path())
         .stderr(Stdio::piped())
         .spawn()
