@@ -3,3 +3,4 @@
 pub mod ads;
 pub mod envoy;
 pub mod xds_fixtures;
+pub mod mesh;

@@ -1,0 +1,82 @@
+//! Fixtures for generator tests: a snapshot from YAML text, and the scope of a sidecar or gateway in it.
+
+use std::collections::BTreeMap;
+
+use crate::config::parse::{Document, parse_documents};
+use crate::config::validate::validate;
+use crate::config::{Object, Severity};
+use crate::model::Snapshot;
+use crate::model::proxy::{ProxyKind, ProxyMeta, ProxyScope};
+
+/// Parses multi-document YAML into objects; panics on anything that would not load cleanly (a fixture bug).
+pub fn objects_from_yaml(yaml: &str) -> Vec<Object> {
+    let mut objects = Vec::new();
+    for doc in parse_documents("fixture.yaml", yaml.as_bytes(), "default") {
+        match doc {
+            Document::Object { object, warnings } => {
+                assert!(
+                    warnings.is_empty(),
+                    "fixture has unknown fields: {warnings:?}"
+                );
+                let errors: Vec<_> = validate(&object)
+                    .into_iter()
+                    .filter(|e| e.severity == Severity::Error)
+                    .collect();
+                assert!(errors.is_empty(), "fixture is invalid: {errors:?}");
+                objects.push(object);
+            }
+            Document::Skipped { .. } => {}
+            Document::Invalid { errors, .. } => panic!("fixture does not parse: {errors:?}"),
+        }
+    }
+    objects
+}
+
+/// A snapshot of the objects in `yaml`.
+pub fn snapshot_from_yaml(yaml: &str) -> Snapshot {
+    Snapshot::build(1, &objects_from_yaml(yaml), Vec::new())
+}
+
+/// The scope of the sidecar of pod `namespace/pod` (its IP and labels come from the Pod in the snapshot, if any).
+pub fn sidecar<'a>(snapshot: &'a Snapshot, namespace: &str, pod: &str) -> ProxyScope<'a> {
+    let ip = snapshot
+        .workload(namespace, pod)
+        .map(|w| w.ip.clone())
+        .unwrap_or_else(|| "10.0.0.1".into());
+    ProxyScope::new(
+        snapshot,
+        ProxyMeta {
+            kind: ProxyKind::Sidecar,
+            ip,
+            pod: pod.into(),
+            namespace: namespace.into(),
+            labels: BTreeMap::new(),
+        },
+    )
+}
+
+/// The scope of a gateway pod `namespace/pod` (labels from the Pod in the snapshot, else `labels`).
+pub fn router<'a>(
+    snapshot: &'a Snapshot,
+    namespace: &str,
+    pod: &str,
+    labels: &[(&str, &str)],
+) -> ProxyScope<'a> {
+    let ip = snapshot
+        .workload(namespace, pod)
+        .map(|w| w.ip.clone())
+        .unwrap_or_else(|| "10.0.0.2".into());
+    ProxyScope::new(
+        snapshot,
+        ProxyMeta {
+            kind: ProxyKind::Router,
+            ip,
+            pod: pod.into(),
+            namespace: namespace.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+    )
+}
