@@ -179,6 +179,17 @@ fn source(s: &Source, path: &str, r: &mut Report) {
             }
         }
     }
+    for (field, values) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
+        if values.len() > MAX_SERVICE_ACCOUNTS {
+            r.err(
+                format!("{path}.{field}"),
+                format!("at most {MAX_SERVICE_ACCOUNTS} service accounts are allowed"),
+            );
+        }
+    }
     let has_sa = !s.service_accounts.is_empty() || !s.not_service_accounts.is_empty();
     let has_other = !s.principals.is_empty()
         || !s.not_principals.is_empty()
@@ -414,6 +425,10 @@ fn custom_tag(tag: &CustomTag, path: &str, r: &mut Report) {
 
 // ---- helpers shared by the policy kinds ----
 
+/// The CRDs' `maxItems` for `targetRefs` and for `serviceAccounts`/`notServiceAccounts`.
+const MAX_TARGET_REFS: usize = 16;
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+
 /// `selector`, `targetRef` and `targetRefs` are alternatives; target references must name a kind and an object
 /// in the policy's own namespace.
 fn targeting(
@@ -440,6 +455,12 @@ fn targeting(
             "only one of selector, targetRef or targetRefs may be set",
         );
     }
+    if target_refs.len() > MAX_TARGET_REFS {
+        r.err(
+            "spec.targetRefs",
+            format!("at most {MAX_TARGET_REFS} target references are allowed"),
+        );
+    }
     if let Some(t) = target_ref {
         target_reference(t, "spec.targetRef", r);
     }
@@ -455,10 +476,11 @@ fn target_reference(t: &PolicyTargetReference, path: &str, r: &mut Report) {
     if t.name.is_empty() {
         r.err(format!("{path}.name"), "required");
     }
-    if !t.namespace.is_empty() && t.namespace != r.namespace() {
+    // The CRD refuses any namespace here, even the policy's own.
+    if !t.namespace.is_empty() {
         r.err(
             format!("{path}.namespace"),
-            "cross-namespace references are not supported (leave it empty)",
+            "cross-namespace references are not supported (leave namespace empty)",
         );
     }
 }

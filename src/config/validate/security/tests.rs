@@ -79,6 +79,11 @@ fn invalid_documents_report_one_exact_line_each() {
         ),
         (
             AP,
+            "  targetRefs:\n  - {kind: Gateway, group: gateway.networking.k8s.io, name: gw, namespace: shop}\n",
+            "AuthorizationPolicy shop/deny: spec.targetRefs[0].namespace: cross-namespace references are not supported (leave namespace empty)",
+        ),
+        (
+            AP,
             "  action: REJECT\n",
             "AuthorizationPolicy shop/deny: spec.action: unknown variant `REJECT`, expected one of `ALLOW`, `DENY`, `AUDIT`, `CUSTOM`",
         ),
