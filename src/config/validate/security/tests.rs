@@ -237,3 +237,19 @@ spec:
     let got = problems(yaml);
     assert!(got.is_empty(), "{got:#?}");
 }
+
+#[test]
+fn every_problem_of_an_object_is_reported() {
+    let yaml = format!(
+        "{AP}  action: CUSTOM\n  rules:\n  - to:\n    - operation: {{methods: [post], ports: [\"0\"]}}\n    when:\n    - key: request.colour\n      values: [red]\n"
+    );
+    assert_eq!(
+        problems(&yaml),
+        [
+            "AuthorizationPolicy shop/deny: spec.provider: required when action is CUSTOM",
+            "AuthorizationPolicy shop/deny: spec.rules[0].to[0].operation.ports[0]: port number 0 must be in the range 1..65535",
+            "AuthorizationPolicy shop/deny: spec.rules[0].to[0].operation.methods[0]: HTTP method \"post\" must be upper-case (\"POST\")",
+            "AuthorizationPolicy shop/deny: spec.rules[0].when[0].key: unknown attribute \"request.colour\" (see Istio's authorization condition list, e.g. request.headers[name], source.ip, request.auth.claims[name])",
+        ]
+    );
+}
