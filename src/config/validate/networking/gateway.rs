@@ -74,10 +74,11 @@ fn server(s: &Server, path: &str, r: &mut Report) {
                 format!("{path}.tls"),
                 format!("required for {protocol} servers (set mode and certificates)"),
             ),
-            Some(tls) if !terminates && !only_https_redirect(tls) => r.err(
+            // Like istiod: an HTTP server may carry TLS settings only to redirect to HTTPS.
+            Some(tls) if !terminates && tls.https_redirect != Some(true) => r.err(
                 format!("{path}.tls"),
                 format!(
-                    "a {protocol} server may only set tls.httpsRedirect; TLS settings need an HTTPS or TLS port"
+                    "{protocol} servers cannot terminate TLS: set tls.httpsRedirect: true to redirect to HTTPS, or use an HTTPS or TLS port"
                 ),
             ),
             _ => {}
@@ -86,14 +87,6 @@ fn server(s: &Server, path: &str, r: &mut Report) {
     if let Some(tls) = &s.tls {
         server_tls(tls, &format!("{path}.tls"), r);
     }
-}
-
-fn only_https_redirect(tls: &ServerTlsSettings) -> bool {
-    let only = ServerTlsSettings {
-        https_redirect: tls.https_redirect,
-        ..ServerTlsSettings::default()
-    };
-    *tls == only
 }
 
 pub(super) fn server_tls(t: &ServerTlsSettings, path: &str, r: &mut Report) {
