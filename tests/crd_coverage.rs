@@ -4,7 +4,8 @@
 //! every property of the `spec` schema (and, over several samples, every enum value), then decodes it with the
 //! loader. A field rudder's type does not know shows up as an unknown-field warning; a field typed differently
 //! shows up as a decode error. Both fail the test, listed per kind, so a new Istio field is noticed when the
-//! CRD file is updated.
+//! CRD file is updated. Each decoded sample is also validated (the rules must not panic on any field) and
+//! serialized back, which must decode to the same object.
 //!
 //! The CRDs are read from `../shared/istio/crd-all.gen.yaml` relative to the repository.
 
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 
 use rudder::config::Kind;
 use rudder::config::parse::{Document, decode_value, yaml_value};
+use rudder::config::validate::validate;
 use serde_json::{Map, Value, json};
 
 fn crd_file() -> PathBuf {
@@ -154,8 +156,22 @@ fn check_kind(kind: Kind, crds: &[Value]) -> Vec<String> {
                 "spec": sample(spec_schema, variant),
             });
             match decode_value("crd-sample", doc, "default") {
-                Document::Object { warnings, .. } => {
+                Document::Object { object, warnings } => {
                     problems.extend(warnings.iter().map(|w| format!("{name}: {}", w.path)));
+                    // Every field set: the validators walk all of them and must not panic.
+                    let _ = validate(&object);
+                    // What rudder serializes (debug API, webhook) must read back as the same object.
+                    match decode_value("round-trip", object.to_json(), "default") {
+                        Document::Object { object: back, .. } if back == object => {}
+                        Document::Object { object: back, .. } => problems.push(format!(
+                            "{name}: serializing and decoding again changes the object:\n      before {}\n      after  {}",
+                            object.to_json()["spec"],
+                            back.to_json()["spec"]
+                        )),
+                        other => problems.push(format!(
+                            "{name}: the serialized object does not decode again: {other:?}"
+                        )),
+                    }
                 }
                 Document::Invalid { errors, .. } => problems.extend(
                     errors
