@@ -3,6 +3,7 @@
 
 use super::*;
 
+/// DestinationRule: host, exportTo, workload selector, traffic policy and unique, well-formed subsets.
 pub(in crate::config::validate) fn destination_rule(spec: &DestinationRuleSpec, r: &mut Report) {
     if spec.host.is_empty() {
         r.err("spec.host", "required");

@@ -2,6 +2,7 @@
 
 use super::*;
 
+/// EnvoyFilter: one way of selecting workloads, and for each patch a target, an operation and a value.
 pub(in crate::config::validate) fn envoy_filter(spec: &EnvoyFilterSpec, r: &mut Report) {
     if spec.workload_selector.is_some() && !spec.target_refs.is_empty() {
         r.err(

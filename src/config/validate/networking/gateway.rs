@@ -7,6 +7,7 @@ const GATEWAY_PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS",
 ];
 
+/// Gateway: at least one server, each with hosts, a valid port and TLS settings that fit its protocol.
 pub(in crate::config::validate) fn gateway(spec: &GatewaySpec, r: &mut Report) {
     if spec.servers.is_empty() {
         r.err("spec.servers", "at least one server is required");

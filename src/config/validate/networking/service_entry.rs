@@ -3,6 +3,7 @@
 
 use super::*;
 
+/// ServiceEntry: hosts and addresses against the resolution mode, unique ports, endpoints.
 pub(in crate::config::validate) fn service_entry(spec: &ServiceEntrySpec, r: &mut Report) {
     let resolution = spec.resolution.unwrap_or(ServiceEntryResolution::None);
     let dns = matches!(
@@ -125,10 +126,12 @@ pub(in crate::config::validate) fn service_entry(spec: &ServiceEntrySpec, r: &mu
     export_to(&spec.export_to, "spec.exportTo", r);
 }
 
+/// WorkloadEntry: an address (unless a network is given), ports and labels.
 pub(in crate::config::validate) fn workload_entry(spec: &WorkloadEntrySpec, r: &mut Report) {
     workload(spec, "spec", true, None, r);
 }
 
+/// WorkloadGroup: metadata labels, the entry template (address optional) and the readiness probe.
 pub(in crate::config::validate) fn workload_group(spec: &WorkloadGroupSpec, r: &mut Report) {
     if let Some(m) = &spec.metadata {
         labels(&m.labels, "spec.metadata.labels", r);

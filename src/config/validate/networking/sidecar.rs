@@ -5,6 +5,7 @@ use super::gateway::server_tls;
 use super::virtual_service::destination;
 use super::*;
 
+/// Sidecar: a non-empty config, `namespace/host` egress hosts, at most one catch-all egress, unique ports.
 pub(in crate::config::validate) fn sidecar(spec: &SidecarSpec, r: &mut Report) {
     if spec.ingress.is_empty()
         && spec.egress.is_empty()

@@ -48,6 +48,7 @@ const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
+/// VirtualService: hosts, gateways, exportTo, then every HTTP, TLS and TCP rule.
 pub(in crate::config::validate) fn virtual_service(spec: &VirtualServiceSpec, r: &mut Report) {
     let bound_to_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
     if spec.hosts.is_empty() {
