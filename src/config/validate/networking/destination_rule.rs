@@ -124,28 +124,6 @@ fn port_policy_parts(
 }
 
 fn load_balancer(lb: &LoadBalancerSettings, path: &str, r: &mut Report) {
-    if lb.simple == Some(SimpleLb::LeastConn) {
-        r.warn(
-            format!("{path}.simple"),
-            "deprecated: LEAST_CONN is an alias of LEAST_REQUEST",
-        );
-    }
-    if lb.warmup_duration_secs.is_some() {
-        r.warn(
-            format!("{path}.warmupDurationSecs"),
-            "deprecated: use warmup.duration",
-        );
-    }
-    if lb
-        .consistent_hash
-        .as_ref()
-        .is_some_and(|ch| ch.minimum_ring_size.is_some())
-    {
-        r.warn(
-            format!("{path}.consistentHash.minimumRingSize"),
-            "deprecated: use consistentHash.ringHash.minimumRingSize",
-        );
-    }
     let kinds = [
         lb.simple.is_some(),
         lb.consistent_hash.is_some(),
@@ -306,12 +284,6 @@ pub(super) fn connection_pool(cp: &ConnectionPoolSettings, path: &str, r: &mut R
 }
 
 fn outlier_detection(od: &OutlierDetection, path: &str, r: &mut Report) {
-    if od.consecutive_errors.is_some_and(|n| n >= 0) {
-        r.warn(
-            format!("{path}.consecutiveErrors"),
-            "deprecated: use consecutiveGatewayErrors (502, 503, 504) or consecutive5xxErrors",
-        );
-    }
     non_negative(
         od.consecutive_errors,
         &format!("{path}.consecutiveErrors"),

@@ -1,7 +1,6 @@
 //! Table tests for the networking rules, run through `check_file` exactly as the loader and `validate` command
 //! see documents. Each invalid document breaks one rule and must produce exactly the expected line.
 
-use crate::config::Severity;
 use crate::config::validate::check_file;
 
 /// A networking document named `shop/reviews` with a flow-style `spec`.
@@ -16,16 +15,6 @@ fn problems(text: &str) -> Vec<String> {
     check_file("test.yaml", text.as_bytes(), "default", false)
         .iter()
         .flat_map(|c| c.problems.iter().map(|p| p.to_string()))
-        .collect()
-}
-
-/// Only the error-level problems: deprecated forms are warnings and do not make a document invalid.
-fn errors(text: &str) -> Vec<String> {
-    check_file("test.yaml", text.as_bytes(), "default", false)
-        .iter()
-        .flat_map(|c| c.problems.iter())
-        .filter(|p| p.severity == Severity::Error)
-        .map(|p| p.to_string())
         .collect()
 }
 
@@ -230,7 +219,7 @@ fn invalid_cases() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "DestinationRule",
-            dr("outlierDetection: {consecutive5xxErrors: 5, maxEjectionPercent: 120}"),
+            dr("outlierDetection: {consecutiveErrors: 5, maxEjectionPercent: 120}"),
             "DestinationRule shop/reviews: spec.trafficPolicy.outlierDetection.maxEjectionPercent: percentage 120 must be in the range 0..100",
         ),
         (
@@ -421,34 +410,6 @@ fn every_problem_of_an_object_is_reported() {
     );
 }
 
-#[test]
-fn deprecated_fields_load_with_a_warning() {
-    let spec = "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], mirror: {host: shadow}, mirrorPercent: 10, corsPolicy: {allowOrigin: [\"https://a\"]}, fault: {delay: {fixedDelay: 1s, percent: 5}}}]}";
-    let checked = check_file(
-        "t.yaml",
-        doc("VirtualService", spec).as_bytes(),
-        "default",
-        true,
-    );
-    assert!(checked[0].is_valid());
-    assert_eq!(
-        problems(&doc("VirtualService", spec)),
-        [
-            "VirtualService shop/reviews: spec.http[0].fault.delay.percent: deprecated: use percentage",
-            "VirtualService shop/reviews: spec.http[0].mirrorPercent: deprecated: use mirrorPercentage",
-            "VirtualService shop/reviews: spec.http[0].corsPolicy.allowOrigin: deprecated: use allowOrigins (exact, prefix or regex matches)",
-        ]
-    );
-    let spec = "{host: reviews, trafficPolicy: {outlierDetection: {consecutiveErrors: 1}, loadBalancer: {simple: LEAST_CONN}}}";
-    assert_eq!(
-        problems(&doc("DestinationRule", spec)),
-        [
-            "DestinationRule shop/reviews: spec.trafficPolicy.loadBalancer.simple: deprecated: LEAST_CONN is an alias of LEAST_REQUEST",
-            "DestinationRule shop/reviews: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated: use consecutiveGatewayErrors (502, 503, 504) or consecutive5xxErrors",
-        ]
-    );
-}
-
 const VALID: &[(&str, &str)] = &[
     // A single destination may omit its weight; "*" is fine on a gateway-bound VirtualService.
     (
@@ -562,7 +523,7 @@ fn valid_documents_have_no_problems() {
         } else {
             doc(kind, spec)
         };
-        assert_eq!(errors(&text), Vec::<String>::new(), "{kind}: {spec}");
+        assert_eq!(problems(&text), Vec::<String>::new(), "{kind}: {spec}");
     }
 }
 
@@ -594,7 +555,6 @@ fn book_manifests_networking_objects_are_valid() {
             failures.extend(
                 c.problems
                     .iter()
-                    .filter(|p| p.severity == Severity::Error)
                     .map(|p| format!("{}: {p}", file.display())),
             );
         }

@@ -364,11 +364,10 @@ fn fault(f: &HttpFaultInjection, path: &str, r: &mut Report) {
         }
         min_1ms(d.fixed_delay, &format!("{p}.fixedDelay"), r);
         min_1ms(d.exponential_delay, &format!("{p}.exponentialDelay"), r);
-        if let Some(pct) = d.percent {
-            match check_percent(f64::from(pct)) {
-                Err(e) => r.err(format!("{p}.percent"), e),
-                Ok(()) => r.warn(format!("{p}.percent"), "deprecated: use percentage"),
-            }
+        if let Some(pct) = d.percent
+            && let Err(e) = check_percent(f64::from(pct))
+        {
+            r.err(format!("{p}.percent"), e);
         }
         percentage(d.percentage.as_ref(), &format!("{p}.percentage"), r);
     }
@@ -432,14 +431,10 @@ fn mirrors(route: &HttpRoute, path: &str, r: &mut Report) {
         ("mirrorPercent", route.mirror_percent),
         ("mirror_percent", route.mirror_percent_snake),
     ] {
-        if let Some(v) = value {
-            match check_percent(f64::from(v)) {
-                Err(e) => r.err(format!("{path}.{field}"), e),
-                Ok(()) => r.warn(
-                    format!("{path}.{field}"),
-                    "deprecated: use mirrorPercentage",
-                ),
-            }
+        if let Some(v) = value
+            && let Err(e) = check_percent(f64::from(v))
+        {
+            r.err(format!("{path}.{field}"), e);
         }
     }
     for (i, m) in route.mirrors.iter().enumerate() {
@@ -450,12 +445,6 @@ fn mirrors(route: &HttpRoute, path: &str, r: &mut Report) {
 }
 
 fn cors_policy(c: &CorsPolicy, path: &str, r: &mut Report) {
-    if !c.allow_origin.is_empty() {
-        r.warn(
-            format!("{path}.allowOrigin"),
-            "deprecated: use allowOrigins (exact, prefix or regex matches)",
-        );
-    }
     for (i, m) in c.allow_origins.iter().enumerate() {
         check_string_match(m, format!("{path}.allowOrigins[{i}]"), r);
     }
