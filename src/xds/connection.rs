@@ -129,12 +129,15 @@ impl TypeState {
         }
     }
 
-    /// The resources of `all` this subscription asks for, by name.
-    pub fn select(&self, all: Vec<Arc<XdsResource>>) -> BTreeMap<String, Arc<XdsResource>> {
-        all.into_iter()
-            .filter(|r| self.status.wildcard || self.status.names.contains(&r.name))
-            .map(|r| (r.name.clone(), r))
-            .collect()
+    /// The resources of `all` this subscription asks for, sorted by name (first of duplicate names wins).
+    /// No per-resource allocation: this runs for every connection on every generation.
+    pub fn select(&self, mut all: Vec<Arc<XdsResource>>) -> Vec<Arc<XdsResource>> {
+        if !self.status.wildcard {
+            all.retain(|r| self.status.names.contains(&r.name));
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.dedup_by(|a, b| a.name == b.name);
+        all
     }
 
     /// Records a response about to be sent.
@@ -240,13 +243,18 @@ pub(crate) async fn run<F: Flavor>(
     mut inbound: Streaming<F::Request>,
     out: Out<F>,
 ) {
-    let first = match inbound.message().await {
-        Ok(Some(req)) => req,
-        Ok(None) => return,
-        Err(status) => {
-            debug!(%status, "ADS stream failed before its first request");
-            return;
-        }
+    // Waiting for the first request also ends on drain, so a silent client cannot hold shutdown up.
+    let mut drain = shared.drain.clone();
+    let first = tokio::select! {
+        _ = async { drain.wait_for(|d| *d).await.is_ok() } => return,
+        msg = inbound.message() => match msg {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(status) => {
+                debug!(%status, "ADS stream failed before its first request");
+                return;
+            }
+        },
     };
     let conn_id = shared.next_id();
     let proxy = match F::node(&first) {
@@ -412,10 +420,17 @@ impl ConnState {
 /// Whether `chosen` is exactly what the client holds.
 pub(crate) fn same_view(
     sent: &BTreeMap<String, SentResource>,
-    chosen: &BTreeMap<String, Arc<XdsResource>>,
+    chosen: &[Arc<XdsResource>],
 ) -> bool {
     sent.len() == chosen.len()
         && chosen
             .iter()
-            .all(|(n, r)| sent.get(n).is_some_and(|s| s.version() == r.version))
+            .all(|r| sent.get(&r.name).is_some_and(|s| s.version() == r.version))
+}
+
+/// Whether the name-sorted `chosen` holds `name`.
+pub(crate) fn contains(chosen: &[Arc<XdsResource>], name: &str) -> bool {
+    chosen
+        .binary_search_by(|r| r.name.as_str().cmp(name))
+        .is_ok()
 }

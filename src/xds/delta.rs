@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Status;
 
-use super::connection::{ConnState, Flavor, control_plane};
+use super::connection::{ConnState, Flavor, contains, control_plane};
 use super::registry::{Protocol, SentResource};
 use super::{PushContext, type_url};
 
@@ -105,25 +105,25 @@ impl Flavor for Delta {
         let chosen = ts.select(ctx.generator.generate(proxy, type_url));
         let changed: Vec<Arc<_>> = chosen
             .iter()
-            .filter(|(n, r)| {
+            .filter(|r| {
                 ts.status
                     .sent
-                    .get(*n)
+                    .get(&r.name)
                     .is_none_or(|s| s.version() != r.version)
             })
-            .map(|(_, r)| r.clone())
+            .cloned()
             .collect();
         let mut removed: Vec<String> = ts
             .status
             .sent
             .keys()
-            .filter(|n| !chosen.contains_key(*n))
+            .filter(|n| !contains(&chosen, n))
             .cloned()
             .collect();
         removed.extend(
             ts.newly_subscribed
                 .iter()
-                .filter(|n| !chosen.contains_key(*n) && !ts.status.sent.contains_key(*n))
+                .filter(|n| !contains(&chosen, n) && !ts.status.sent.contains_key(*n))
                 .cloned(),
         );
         ts.newly_subscribed.clear();

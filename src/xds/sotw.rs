@@ -101,17 +101,22 @@ impl Flavor for Sotw {
         let version = ctx.version.to_string();
         let resp = DiscoveryResponse {
             version_info: version.clone(),
-            resources: chosen.values().map(|r| r.to_any()).collect(),
+            resources: chosen.iter().map(|r| r.to_any()).collect(),
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
             control_plane: control_plane(),
             ..Default::default()
         };
-        ts.record_sent(nonce, version, chosen.keys().cloned().collect(), push);
+        ts.record_sent(
+            nonce,
+            version,
+            chosen.iter().map(|r| r.name.clone()).collect(),
+            push,
+        );
         ts.status.sent = Arc::new(
             chosen
                 .into_iter()
-                .map(|(n, r)| (n, SentResource::Sent(r)))
+                .map(|r| (r.name.clone(), SentResource::Sent(r)))
                 .collect(),
         );
         shared.metrics.count_push(type_url);

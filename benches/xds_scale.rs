@@ -1,0 +1,245 @@
+//! Scale bench for the ADS server: 1,000 services, N delta clients on loopback.
+//!
+//! Measures, per change, the time from publishing a generation to each affected client having received and
+//! ACKed it (p50/p99/max over clients), for a config change (one cluster + the route table) and an
+//! endpoint-only change, plus the initial sync and the process's peak RSS.
+//!
+//! `cargo bench --bench xds_scale -- --clients 100 --rounds 5` (defaults: 100 clients, 5 rounds).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use rudder::test_helpers::ads::{DeltaClient, TestServer, node_id};
+use rudder::test_helpers::xds_fixtures::{
+    Publisher, StaticGenerator, cluster, endpoints, listener,
+};
+use rudder::xds::XdsResource;
+use rudder::xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tokio::sync::mpsc;
+
+const SERVICES: usize = 1_000;
+
+fn svc(i: usize) -> String {
+    format!("outbound|80||svc-{i}.ns-{}.svc.cluster.local", i % 20)
+}
+
+fn eps(i: usize, epoch: u16) -> Vec<SocketAddr> {
+    (0..3u16)
+        .map(|k| {
+            SocketAddr::from((
+                [10, (i / 250) as u8, (i % 250) as u8, 1 + k as u8],
+                8000 + epoch,
+            ))
+        })
+        .collect()
+}
+
+/// One route table with a virtual host per service (like Istio's "80" route).
+fn route_table(tag: &str) -> Arc<XdsResource> {
+    let rc = RouteConfiguration {
+        name: "80".to_owned(),
+        virtual_hosts: (0..SERVICES)
+            .map(|i| VirtualHost {
+                name: format!("svc-{i}.ns-{}.svc.cluster.local:80", i % 20),
+                domains: vec![
+                    format!("svc-{i}.ns-{}.svc.cluster.local", i % 20),
+                    format!("svc-{i}"),
+                ],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(svc(i))),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        response_headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-tag".to_owned(),
+                value: tag.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Arc::new(XdsResource::encode("80", &rc))
+}
+
+fn mesh(epoch: u16) -> StaticGenerator {
+    let mut g = StaticGenerator::default();
+    for i in 0..SERVICES {
+        g.set(cluster(&svc(i)));
+        g.set(endpoints(&svc(i), &eps(i, 0)));
+    }
+    g.set(listener(
+        "0.0.0.0_80",
+        SocketAddr::from(([0, 0, 0, 0], 80)),
+        "80",
+    ));
+    g.set(route_table(&format!("epoch-{epoch}")));
+    g
+}
+
+/// (client, type_url, system_version_info, when received)
+type Event = (usize, String, u64, Instant);
+
+/// A fake Envoy: wildcard CDS/LDS, EDS for every cluster it learns, RDS "80"; ACKs everything at once.
+async fn client(idx: usize, addr: SocketAddr, events: mpsc::Sender<Event>) {
+    let mut c = DeltaClient::connect(addr, &node_id(&format!("bench-{idx}"), "bench")).await;
+    c.subscribe(CLUSTER, &[]).await;
+    c.subscribe(LISTENER, &[]).await;
+    let mut rds = false;
+    loop {
+        let resp = c.recv().await;
+        let at = Instant::now();
+        c.ack(&resp).await;
+        if resp.type_url == CLUSTER && !resp.resources.is_empty() {
+            let names: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
+            c.subscribe(ENDPOINT, &names).await;
+        }
+        if resp.type_url == LISTENER && !rds {
+            rds = true;
+            c.subscribe(ROUTE, &["80"]).await;
+        }
+        let v = resp.system_version_info.parse().unwrap_or(0);
+        if events.send((idx, resp.type_url, v, at)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until every client reported every type in `types` at version `v`; per-client latency from `t0`.
+async fn collect(
+    rx: &mut mpsc::Receiver<Event>,
+    clients: usize,
+    types: &[&str],
+    v: u64,
+    t0: Instant,
+) -> Vec<Duration> {
+    let mut seen: HashMap<usize, (usize, Instant)> = HashMap::new();
+    let mut done = 0;
+    while done < clients {
+        let (idx, t, ver, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("clients converge within 60 s")
+            .expect("clients alive");
+        if ver != v || !types.contains(&t.as_str()) {
+            continue;
+        }
+        let e = seen.entry(idx).or_insert((0, at));
+        e.0 += 1;
+        e.1 = e.1.max(at);
+        if e.0 == types.len() {
+            done += 1;
+        }
+    }
+    let mut lat: Vec<Duration> = seen.values().map(|(_, at)| *at - t0).collect();
+    lat.sort();
+    lat
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, rounds: &[Vec<Duration>]) {
+    let mut all: Vec<Duration> = rounds.iter().flatten().copied().collect();
+    all.sort();
+    let max = rounds.iter().map(|r| *r.last().unwrap()).max().unwrap();
+    println!(
+        "{name:<28} p50 {:>9.2?}  p99 {:>9.2?}  all-clients(max) {:>9.2?}  ({} samples)",
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        max,
+        all.len()
+    );
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let clients = arg("--clients", 100);
+    let rounds = arg("--rounds", 5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (mut publisher, rx) = Publisher::new();
+        let t_build = Instant::now();
+        let mut v = publisher.publish(mesh(0), false);
+        println!("xds_scale: {SERVICES} services, {clients} delta clients, {rounds} rounds (built in {:.2?})", t_build.elapsed());
+        let server = TestServer::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), rx, 64).await;
+        let (tx, mut events) = mpsc::channel(clients * 8);
+
+        let t0 = Instant::now();
+        for i in 0..clients {
+            tokio::spawn(client(i, server.addr, tx.clone()));
+        }
+        let initial = collect(&mut events, clients, &[CLUSTER, ENDPOINT, LISTENER, ROUTE], v, t0).await;
+        report("initial sync (connect→all)", &[initial]);
+
+        let mut config_rounds = Vec::new();
+        let mut eds_rounds = Vec::new();
+        let mut g = mesh(0);
+        for r in 0..rounds {
+            let epoch = r as u16 + 1;
+            // Config change: one cluster's settings and the route table.
+            g.set(cluster(&format!("{}-x{epoch}", svc(0)))); // a new cluster too
+            g.set(route_table(&format!("epoch-{epoch}")));
+            let t0 = Instant::now();
+            v = publisher.publish(g.clone(), false);
+            config_rounds.push(collect(&mut events, clients, &[CLUSTER, ROUTE], v, t0).await);
+
+            // Endpoint-only change of one service.
+            g.set(endpoints(&svc(r), &eps(r, epoch)));
+            let t0 = Instant::now();
+            v = publisher.publish(g.clone(), true);
+            eds_rounds.push(collect(&mut events, clients, &[ENDPOINT], v, t0).await);
+        }
+        report("config change → all ACKed", &config_rounds);
+        report("endpoint change → all ACKed", &eds_rounds);
+        let m = &server.metrics;
+        println!(
+            "server: push_time mean {:.2?} max {:.2?} ({} pushes); convergence mean {:.2?} max {:.2?}",
+            m.push_time.sum() / m.push_time.count().max(1) as u32,
+            m.push_time.max(),
+            m.push_time.count(),
+            m.convergence.sum() / m.convergence.count().max(1) as u32,
+            m.convergence.max(),
+        );
+        println!("peak RSS (VmHWM): {:.1} MiB", peak_rss_mib());
+    });
+}
