@@ -1,0 +1,147 @@
+//! Gateway route configurations: `http.<port>` per plain-HTTP server port of the Gateways selecting the router.
+//!
+//! For each server host (`ns/host`, namespace `*` by default, `.` = the Gateway's namespace) and each
+//! VirtualService bound to the Gateway whose namespace the server admits, every VS host intersecting the server
+//! host (wildcards on both sides; the narrower one names the vhost) becomes vhost `<host>:<port>` with domains
+//! `<host>` and `<host>:<port>`. A server host no VirtualService covers gets no vhost, so Envoy answers 404. A
+//! server with `tls.httpsRedirect` makes its vhosts `require_tls: ALL` (301 to https). Destinations resolve in the
+//! VirtualService's namespace. TLS-terminating HTTPS servers are not routed here yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
+};
+
+use super::virtual_service::{group_by_host, key_of};
+use super::{Ctx, bool_value, domains, http};
+use crate::config::istio::networking::{GatewaySpec, Server};
+use crate::envoy::names::{gateway_route, virtual_host};
+use crate::model::proxy::{Istio, ProxyScope, host_match_rank};
+use crate::model::service::Protocol;
+
+/// Every gateway route configuration of a router.
+pub fn route_configs(scope: &ProxyScope<'_>) -> Vec<RouteConfiguration> {
+    let mut gateways = scope.gateways();
+    gateways.sort_by_key(key_of);
+    let mut by_port: BTreeMap<u16, Vec<(&Istio<GatewaySpec>, &Server)>> = BTreeMap::new();
+    for gw in &gateways {
+        for server in &gw.spec.servers {
+            let Some(port) = server.port.as_ref() else {
+                continue;
+            };
+            let protocol = port.protocol.as_deref().and_then(Protocol::parse);
+            if !protocol.is_some_and(Protocol::is_http) {
+                continue;
+            }
+            let Some(number) = port.number.and_then(|n| u16::try_from(n).ok()) else {
+                tracing::warn!(
+                    "Gateway {}: server port {:?} is not a port; skipped",
+                    key_of(gw),
+                    port.number
+                );
+                continue;
+            };
+            by_port.entry(number).or_default().push((gw, server));
+        }
+    }
+    by_port
+        .into_iter()
+        .map(|(port, servers)| route_config(scope, port, &servers))
+        .collect()
+}
+
+fn route_config(
+    scope: &ProxyScope<'_>,
+    port: u16,
+    servers: &[(&Istio<GatewaySpec>, &Server)],
+) -> RouteConfiguration {
+    let mut seen_domains = BTreeSet::new();
+    let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
+    for (gw, server) in servers {
+        let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
+        let gw_name = gw.metadata.name.as_deref().unwrap_or_default();
+        let ctx = Ctx {
+            scope,
+            port,
+            gateway: Some((gw_ns, gw_name)),
+        };
+        let bound = scope.gateway_virtual_services(gw_ns, gw_name);
+        let redirect = server
+            .tls
+            .as_ref()
+            .and_then(|t| t.https_redirect)
+            .unwrap_or(false);
+        for entry in &server.hosts {
+            let (ns_sel, server_host) = entry.split_once('/').unwrap_or(("*", entry.as_str()));
+            let admitted: Vec<_> = bound
+                .iter()
+                .filter(|vs| {
+                    let vs_ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+                    match ns_sel {
+                        "*" => true,
+                        "." => vs_ns == gw_ns,
+                        other => vs_ns == other,
+                    }
+                })
+                .cloned()
+                .collect();
+            let (groups, conflicts) = group_by_host(scope.snapshot, &admitted);
+            for c in &conflicts {
+                tracing::warn!("{c}");
+            }
+            for g in &groups {
+                let Some(host) = intersect(server_host, &g.host) else {
+                    continue;
+                };
+                let name = virtual_host(&host, port);
+                if vhosts.contains_key(&name) {
+                    tracing::warn!(
+                        "Gateway {}: host {host} on port {port} is already routed by another server; VirtualService {} ignored there",
+                        key_of(gw),
+                        g.sources.join(",")
+                    );
+                    continue;
+                }
+                let routes = http::routes(&ctx, &g.rules);
+                let mut doms = domains::with_ports(std::slice::from_ref(&host), port);
+                domains::dedupe(&mut doms, &mut seen_domains);
+                if routes.is_empty() || doms.is_empty() {
+                    continue;
+                }
+                vhosts.insert(
+                    name.clone(),
+                    VirtualHost {
+                        name,
+                        domains: doms,
+                        routes,
+                        require_tls: if redirect {
+                            TlsRequirementType::All as i32
+                        } else {
+                            TlsRequirementType::None as i32
+                        },
+                        include_request_attempt_count: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+    RouteConfiguration {
+        name: gateway_route(port),
+        virtual_hosts: vhosts.into_values().collect(),
+        validate_clusters: bool_value(false),
+        ..Default::default()
+    }
+}
+
+/// The narrower of two host patterns when they overlap (`*` and `*.example.com` both ways), else `None`.
+pub fn intersect(server_host: &str, vs_host: &str) -> Option<String> {
+    if host_match_rank(server_host, vs_host).is_some() {
+        Some(vs_host.to_string())
+    } else if host_match_rank(vs_host, server_host).is_some() {
+        Some(server_host.to_string())
+    } else {
+        None
+    }
+}

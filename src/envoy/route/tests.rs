@@ -1,0 +1,1 @@
+//! Table tests: YAML in, RouteConfiguration protos out.

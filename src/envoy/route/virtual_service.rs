@@ -1,0 +1,318 @@
+//! Which HTTP rules apply to which host: VirtualServices grouped by host, delegates expanded, conflicts reported.
+//!
+//! Merging (istiod's gateway semantics, applied to sidecars too so one host can be split across files):
+//! VirtualServices are ordered by creation time, then `namespace/name`; for each host they declare (resolved in
+//! their namespace), their HTTP rules are concatenated in that order. A rule placed after an earlier
+//! VirtualService's catch-all rule can never match: that is a conflict, the earlier one wins (the later rules are
+//! kept out of the routes and reported). When several host patterns match one service (`reviews` and
+//! `*.svc.cluster.local`), the most specific pattern's rules are used, as Envoy's own domain matching would; the
+//! others are reported as conflicts for that service.
+
+use std::collections::BTreeMap;
+
+use crate::config::istio::networking::{HttpMatchRequest, HttpRoute, VirtualServiceSpec};
+use crate::config::{Kind, Object};
+use crate::model::proxy::{Istio, ProxyScope, host_match_rank, resolve_host};
+use crate::model::snapshot::Snapshot;
+
+/// One HTTP rule with where it came from.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `namespace/name` of the VirtualService that wrote the rule (the delegate's, for delegated rules).
+    pub origin: String,
+    /// The namespace short destination hosts resolve in.
+    pub namespace: String,
+    pub http: HttpRoute,
+}
+
+/// The rules for one host pattern, merged from every VirtualService declaring it.
+#[derive(Debug, Clone)]
+pub struct HostRules {
+    /// The host as resolved (`reviews.shop.svc.cluster.local`, `*.example.com`, `fruits.example.io`).
+    pub host: String,
+    pub rules: Vec<Rule>,
+    /// `namespace/name` of the VirtualServices that contributed, in merge order.
+    pub sources: Vec<String>,
+}
+
+/// Two VirtualServices that cannot both apply: `kept` wins, `dropped`'s rules for `host` are not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub host: String,
+    pub kept: String,
+    pub dropped: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VirtualService {}: host {}: {} (VirtualService {} wins)",
+            self.dropped, self.host, self.reason, self.kept
+        )
+    }
+}
+
+/// `namespace/name` of a config object.
+pub fn key_of<S>(o: &Istio<S>) -> String {
+    format!(
+        "{}/{}",
+        o.metadata.namespace.as_deref().unwrap_or_default(),
+        o.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Groups the HTTP rules of `vss` by host, expanding delegates. Conflicts are returned, not logged.
+pub fn group_by_host(
+    snapshot: &Snapshot,
+    vss: &[Istio<VirtualServiceSpec>],
+) -> (Vec<HostRules>, Vec<Conflict>) {
+    let mut ordered: Vec<&Istio<VirtualServiceSpec>> = vss.iter().collect();
+    ordered.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        // Objects without a timestamp (file source) sort after timestamped ones, by key.
+        (ta.is_none(), ta, key_of(a)).cmp(&(tb.is_none(), tb, key_of(b)))
+    });
+    let mut groups: Vec<HostRules> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for vs in ordered {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        let origin = key_of(vs);
+        let rules = expand(snapshot, vs, ns, &origin);
+        for h in &vs.spec.hosts {
+            let host = resolve_host(h, ns);
+            let i = *index.entry(host.clone()).or_insert_with(|| {
+                groups.push(HostRules {
+                    host: host.clone(),
+                    rules: Vec::new(),
+                    sources: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            let group = &mut groups[i];
+            if group.sources.contains(&origin) {
+                continue; // the same host listed twice in one VirtualService
+            }
+            if let Some(catch_all) = group.rules.iter().find(|r| is_catch_all(&r.http)) {
+                if !rules.is_empty() {
+                    conflicts.push(Conflict {
+                        host: host.clone(),
+                        kept: catch_all.origin.clone(),
+                        dropped: origin.clone(),
+                        reason: "rules follow a catch-all rule and can never match".into(),
+                    });
+                }
+                continue;
+            }
+            group.sources.push(origin.clone());
+            group.rules.extend(rules.iter().cloned());
+        }
+    }
+    (groups, conflicts)
+}
+
+/// The group whose host pattern matches `hostname` most specifically, and conflicts with the other matching groups.
+pub fn best_for<'g>(
+    groups: &'g [HostRules],
+    hostname: &str,
+) -> (Option<&'g HostRules>, Vec<Conflict>) {
+    let mut matching: Vec<(usize, &HostRules)> = groups
+        .iter()
+        .filter_map(|g| host_match_rank(&g.host, hostname).map(|r| (r, g)))
+        .collect();
+    // Stable: equal ranks keep merge order.
+    matching.sort_by(|a, b| b.0.cmp(&a.0));
+    let Some((_, best)) = matching.first().copied() else {
+        return (None, Vec::new());
+    };
+    let conflicts = matching[1..]
+        .iter()
+        .map(|(_, g)| Conflict {
+            host: hostname.to_string(),
+            kept: best.sources.join(","),
+            dropped: g.sources.join(","),
+            reason: format!("host {} is less specific than {}", g.host, best.host),
+        })
+        .collect();
+    (Some(best), conflicts)
+}
+
+/// Every conflict between the VirtualServices a sidecar sees (for debugging and the CLI).
+pub fn virtual_service_conflicts(scope: &ProxyScope<'_>) -> Vec<Conflict> {
+    let vss = scope.mesh_virtual_services();
+    let (groups, mut conflicts) = group_by_host(scope.snapshot, &vss);
+    for svc in scope.services() {
+        conflicts.extend(best_for(&groups, &svc.hostname).1);
+    }
+    conflicts.sort_by(|a, b| (&a.host, &a.dropped).cmp(&(&b.host, &b.dropped)));
+    conflicts.dedup();
+    conflicts
+}
+
+/// A rule without conditions (or only `uri: prefix /`): everything after it is unreachable.
+pub fn is_catch_all(rule: &HttpRoute) -> bool {
+    rule.r#match.is_empty() || rule.r#match.iter().any(is_catch_all_match)
+}
+
+fn is_catch_all_match(m: &HttpMatchRequest) -> bool {
+    let uri_all = match &m.uri {
+        None => true,
+        Some(u) => {
+            u.prefix.as_deref() == Some("/") || matches!(u.regex.as_deref(), Some("*") | Some(".*"))
+        }
+    };
+    let plain = HttpMatchRequest {
+        uri: None,
+        name: None,
+        ignore_uri_case: None,
+        stat_prefix: None,
+        ..m.clone()
+    };
+    uri_all && plain == HttpMatchRequest::default()
+}
+
+/// The VirtualService's HTTP rules with delegate rules pulled in (one level, as istiod).
+fn expand(
+    snapshot: &Snapshot,
+    vs: &Istio<VirtualServiceSpec>,
+    ns: &str,
+    origin: &str,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for rule in &vs.spec.http {
+        let Some(delegate) = &rule.delegate else {
+            out.push(Rule {
+                origin: origin.to_string(),
+                namespace: ns.to_string(),
+                http: rule.clone(),
+            });
+            continue;
+        };
+        let d_name = delegate.name.as_deref().unwrap_or_default();
+        let d_ns = delegate.namespace.as_deref().unwrap_or(ns);
+        let found = snapshot
+            .configs_in(Kind::VirtualService, d_ns)
+            .find_map(|o| match o {
+                Object::VirtualService(d) if d.metadata.name.as_deref() == Some(d_name) => {
+                    Some(d.clone())
+                }
+                _ => None,
+            });
+        let Some(d) = found else {
+            tracing::warn!(
+                "VirtualService {origin}: delegate {d_ns}/{d_name} not found; rule skipped"
+            );
+            continue;
+        };
+        if !d.spec.hosts.is_empty() {
+            tracing::warn!(
+                "VirtualService {origin}: delegate {d_ns}/{d_name} has hosts, which delegates must not; rule skipped"
+            );
+            continue;
+        }
+        for child in &d.spec.http {
+            if child.delegate.is_some() {
+                tracing::warn!(
+                    "VirtualService {d_ns}/{d_name}: nested delegation is not supported; rule skipped"
+                );
+                continue;
+            }
+            let Some(matches) = merge_matches(&rule.r#match, &child.r#match) else {
+                tracing::warn!(
+                    "VirtualService {d_ns}/{d_name}: rule {:?} conflicts with every match of its root {origin}; skipped",
+                    child.name.as_deref().unwrap_or_default()
+                );
+                continue;
+            };
+            let mut http = child.clone();
+            http.r#match = matches;
+            out.push(Rule {
+                origin: format!("{d_ns}/{d_name}"),
+                namespace: d_ns.to_string(),
+                http,
+            });
+        }
+    }
+    out
+}
+
+/// Root × delegate matches, keeping only compatible pairs (the delegate narrows the root). `None` when no pair is
+/// compatible; an empty list means "match everything".
+pub fn merge_matches(
+    root: &[HttpMatchRequest],
+    child: &[HttpMatchRequest],
+) -> Option<Vec<HttpMatchRequest>> {
+    if root.is_empty() {
+        return Some(child.to_vec());
+    }
+    if child.is_empty() {
+        return Some(root.to_vec());
+    }
+    let merged: Vec<HttpMatchRequest> = root
+        .iter()
+        .flat_map(|r| child.iter().filter_map(move |c| merge_match(r, c)))
+        .collect();
+    (!merged.is_empty()).then_some(merged)
+}
+
+fn merge_match(root: &HttpMatchRequest, child: &HttpMatchRequest) -> Option<HttpMatchRequest> {
+    let mut out = child.clone();
+    out.uri = match (&root.uri, &child.uri) {
+        (None, c) => c.clone(),
+        (r, None) => r.clone(),
+        (Some(r), Some(c)) => {
+            // The delegate's path must lie within the root's prefix.
+            let within = match (&r.prefix, &c.prefix, &c.exact) {
+                (Some(rp), Some(cp), _) => cp.starts_with(rp.as_str()),
+                (Some(rp), _, Some(ce)) => ce.starts_with(rp.as_str()),
+                _ => r == c,
+            };
+            if !within {
+                return None;
+            }
+            Some(c.clone())
+        }
+    };
+    fn scalar<T: Clone + PartialEq>(r: &Option<T>, c: &Option<T>) -> Result<Option<T>, ()> {
+        match (r, c) {
+            (Some(a), Some(b)) if a != b => Err(()),
+            (Some(a), _) => Ok(Some(a.clone())),
+            (None, b) => Ok(b.clone()),
+        }
+    }
+    out.scheme = scalar(&root.scheme, &child.scheme).ok()?;
+    out.method = scalar(&root.method, &child.method).ok()?;
+    out.authority = scalar(&root.authority, &child.authority).ok()?;
+    out.port = scalar(&root.port, &child.port).ok()?;
+    out.source_namespace = scalar(&root.source_namespace, &child.source_namespace).ok()?;
+    out.ignore_uri_case = scalar(&root.ignore_uri_case, &child.ignore_uri_case).ok()?;
+    fn union<V: Clone + PartialEq>(
+        r: &BTreeMap<String, V>,
+        c: &BTreeMap<String, V>,
+    ) -> Option<BTreeMap<String, V>> {
+        let mut out = c.clone();
+        for (k, v) in r {
+            match out.get(k) {
+                Some(existing) if existing != v => return None,
+                _ => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Some(out)
+    }
+    out.headers = union(&root.headers, &child.headers)?;
+    out.without_headers = union(&root.without_headers, &child.without_headers)?;
+    out.query_params = union(&root.query_params, &child.query_params)?;
+    out.source_labels = union(&root.source_labels, &child.source_labels)?;
+    if out.gateways.is_empty() {
+        out.gateways = root.gateways.clone();
+    }
+    if out.name.is_none() {
+        out.name = root.name.clone();
+    }
+    Some(out)
+}
