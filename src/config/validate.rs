@@ -97,10 +97,10 @@ fn metadata(obj: &Object, r: &mut Report) {
     if let Err(e) = dns1123_subdomain(name) {
         r.err("metadata.name", e);
     }
-    if let Some(ns) = m.namespace.as_deref().filter(|ns| !ns.is_empty()) {
-        if let Err(e) = dns1123_label(ns) {
-            r.err("metadata.namespace", e);
-        }
+    if let Some(ns) = m.namespace.as_deref().filter(|ns| !ns.is_empty())
+        && let Err(e) = dns1123_label(ns)
+    {
+        r.err("metadata.namespace", e);
     }
 }
 
@@ -270,8 +270,7 @@ pub fn check_regex(re: &str) -> Result<(), String> {
         let msg = e.to_string();
         let last = msg
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("invalid")
             .trim()
             .to_string();
@@ -294,10 +293,10 @@ pub fn check_string_match(m: &StringMatch, path: impl Display, r: &mut Report) {
             format!("exactly one of exact, prefix or regex must be set (found {set})"),
         );
     }
-    if let Some(re) = &m.regex {
-        if let Err(e) = check_regex(re) {
-            r.err(format!("{path}.regex"), e);
-        }
+    if let Some(re) = &m.regex
+        && let Err(e) = check_regex(re)
+    {
+        r.err(format!("{path}.regex"), e);
     }
 }
 

@@ -29,10 +29,13 @@ enum ViewKey {
     },
 }
 
+/// Encoded resources of one type for one view, shared by every proxy with that view.
+type ResourceSet = Arc<Vec<Arc<XdsResource>>>;
+
 /// The `Generate` implementation for one snapshot.
 pub struct Generator {
     snapshot: Arc<Snapshot>,
-    cache: Mutex<HashMap<(&'static str, ViewKey), Arc<Vec<Arc<XdsResource>>>>>,
+    cache: Mutex<HashMap<(&'static str, ViewKey), ResourceSet>>,
 }
 
 impl Generator {

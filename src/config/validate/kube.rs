@@ -30,13 +30,13 @@ pub(super) fn service(svc: &Service, r: &mut Report) {
             }
             _ => {}
         }
-        if let Some(proto) = &p.protocol {
-            if !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP") {
-                r.err(
-                    format!("{path}.protocol"),
-                    format!("{proto:?} must be one of TCP, UDP, SCTP"),
-                );
-            }
+        if let Some(proto) = &p.protocol
+            && !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP")
+        {
+            r.err(
+                format!("{path}.protocol"),
+                format!("{proto:?} must be one of TCP, UDP, SCTP"),
+            );
         }
         let name = p.name.as_deref().unwrap_or_default();
         if ports.len() > 1 && name.is_empty() {
@@ -52,13 +52,15 @@ pub(super) fn service(svc: &Service, r: &mut Report) {
             );
         }
     }
-    if let Some(ip) = spec.cluster_ip.as_deref() {
-        if !ip.is_empty() && ip != "None" && ip.parse::<IpAddr>().is_err() {
-            r.err(
-                "spec.clusterIP",
-                format!("{ip:?} is not an IP address, \"None\" or empty"),
-            );
-        }
+    if let Some(ip) = spec.cluster_ip.as_deref()
+        && !ip.is_empty()
+        && ip != "None"
+        && ip.parse::<IpAddr>().is_err()
+    {
+        r.err(
+            "spec.clusterIP",
+            format!("{ip:?} is not an IP address, \"None\" or empty"),
+        );
     }
 }
 
@@ -111,19 +113,20 @@ pub(super) fn endpoint_slice(slice: &EndpointSlice, r: &mut Report) {
         }
     }
     for (i, p) in slice.ports.iter().flatten().enumerate() {
-        if let Some(port) = p.port {
-            if let Err(e) = check_port(port) {
-                r.err(format!("ports[{i}].port"), e);
-            }
+        if let Some(port) = p.port
+            && let Err(e) = check_port(port)
+        {
+            r.err(format!("ports[{i}].port"), e);
         }
     }
 }
 
 pub(super) fn pod(pod: &Pod, r: &mut Report) {
-    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
-        if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
-            r.err("status.podIP", format!("{ip:?} is not an IP address"));
-        }
+    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+        && !ip.is_empty()
+        && ip.parse::<IpAddr>().is_err()
+    {
+        r.err("status.podIP", format!("{ip:?} is not an IP address"));
     }
     for (i, c) in pod
         .spec
