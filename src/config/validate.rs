@@ -45,6 +45,11 @@ impl Report {
         &self.key.namespace
     }
 
+    /// The object being validated.
+    pub fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+
     /// Everything recorded.
     pub fn finish(self) -> Vec<ConfigError> {
         self.errors

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use super::{cluster, endpoint, listener, route};
 use crate::model::Snapshot;
 use crate::model::proxy::{ProxyKind, ProxyMeta, ProxyScope};
-use crate::xds::{Generate, Proxy, ProxyType, XdsResource, type_url};
+use crate::xds::{Generate, Proxy, ProxyType, ResourceSet, XdsResource, type_url};
 
 /// What a proxy's clusters, endpoints and routes depend on besides the snapshot: proxies that agree on it share
 /// one encoded set. Listeners also depend on the workload's own ports and address, so they key on the pod.
@@ -28,9 +28,6 @@ enum ViewKey {
         ip: String,
     },
 }
-
-/// Encoded resources of one type for one view, shared by every proxy with that view.
-type ResourceSet = Arc<Vec<Arc<XdsResource>>>;
 
 /// The `Generate` implementation for one snapshot.
 pub struct Generator {
@@ -116,14 +113,14 @@ fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
 }
 
 impl Generate for Generator {
-    fn generate(&self, proxy: &Proxy, type_url: &str) -> Vec<Arc<XdsResource>> {
+    fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet {
         let meta = proxy_meta(proxy);
         let static_type = type_url::PUSH_ORDER
             .iter()
             .copied()
             .find(|t| *t == type_url);
         let Some(static_type) = static_type else {
-            return Vec::new();
+            return ResourceSet::default();
         };
         // The scope resolves the pod's labels from the snapshot; compute it once and derive the key from it.
         let scope = ProxyScope::new(&self.snapshot, meta);
@@ -142,13 +139,13 @@ impl Generate for Generator {
             }
         };
         if let Some(hit) = self.cache.lock().get(&(static_type, key.clone())) {
-            return hit.as_ref().clone();
+            return hit.clone();
         }
         // Generate outside the lock: two proxies racing on the same key do the work twice, which is harmless.
-        let resources = Arc::new(encode_all(&scope, type_url));
+        let resources = ResourceSet::new(encode_all(&scope, type_url));
         self.cache
             .lock()
             .insert((static_type, key), resources.clone());
-        resources.as_ref().clone()
+        resources
     }
 }

@@ -10,6 +10,18 @@ use crate::config::legacy::*;
 use super::security::check_http_url;
 
 pub(super) fn policy(spec: &PolicySpec, r: &mut Report) {
+    // Istio 1.3: the mesh-wide policy is the MeshPolicy named `default`; a namespace's `default` Policy applies to
+    // the whole namespace and so names no targets.
+    let (kind, name) = (r.key().kind, r.key().name.clone());
+    if kind == crate::config::Kind::MeshPolicy && name != "default" {
+        r.err("metadata.name", "a MeshPolicy must be named \"default\"");
+    }
+    if kind == crate::config::Kind::Policy && name == "default" && !spec.targets.is_empty() {
+        r.err(
+            "spec.targets",
+            "the namespace-wide Policy \"default\" must not have targets",
+        );
+    }
     for (i, t) in spec.targets.iter().enumerate() {
         let path = format!("spec.targets[{i}]");
         if t.name.as_deref().unwrap_or_default().is_empty() {

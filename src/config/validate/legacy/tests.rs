@@ -18,6 +18,14 @@ fn problems(yaml: &str) -> Vec<String> {
 fn invalid_documents_report_one_exact_line_each() {
     let cases: &[(&str, &str)] = &[
         (
+            "apiVersion: authentication.istio.io/v1alpha1\nkind: MeshPolicy\nmetadata: {name: mesh}\nspec:\n  peers: [{mtls: {}}]\n",
+            "MeshPolicy mesh: metadata.name: a MeshPolicy must be named \"default\"",
+        ),
+        (
+            "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  targets: [{name: fruits}]\n  peers: [{mtls: {}}]\n",
+            "Policy shop/default: spec.targets: the namespace-wide Policy \"default\" must not have targets",
+        ),
+        (
             "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  targets:\n  - ports: [{number: 8080}]\n",
             "Policy shop/p: spec.targets[0].name: required",
         ),
