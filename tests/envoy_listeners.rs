@@ -1,0 +1,488 @@
+//! Real Envoy 1.40 against the whole control plane (`app::build` over a config directory): every listener
+//! rudder generates for a sidecar is accepted, the outbound capture listener follows the mesh's outbound
+//! policy as it changes, and a gateway routes real traffic on loopback to a local HTTP server.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::time::Duration;
+
+use rudder::app;
+use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
+use rudder::xds::type_url::LISTENER;
+use rudder::xds::{ConnectionStatus, Registry};
+use serde_json::Value;
+
+/// Pods and services on loopback: the sidecar's pod is 127.0.0.1, services use 127.0.0.x VIPs and ports ≥ 20000
+/// so nothing collides with the machine's own listeners (the per-port outbound listeners don't bind anyway).
+fn mesh_yaml(app_port: u16, policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    outboundTrafficPolicy:
+      mode: {policy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: app-1, namespace: shop, labels: {{app: app, version: v1}}}}
+spec:
+  containers:
+  - name: app
+    ports:
+    - {{name: http-web, containerPort: {app_port}}}
+    - {{name: tcp-admin, containerPort: 20901}}
+    - {{name: grpc-api, containerPort: 20902}}
+status: {{phase: Running, podIP: 127.0.0.1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.10
+  selector: {{app: app}}
+  ports:
+  - {{name: http, port: 20080, targetPort: http-web}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.20
+  selector: {{app: db}}
+  ports:
+  - {{name: tcp-db, port: 20306}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: legacy, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.21
+  selector: {{app: legacy}}
+  ports:
+  - {{name: tcp-legacy, port: 20080}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: example-api, namespace: shop}}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 20443, name: tls, protocol: TLS}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: mongo, namespace: shop}}
+spec:
+  hosts: [mongo.internal]
+  addresses: [127.10.0.0/16]
+  location: MESH_EXTERNAL
+  ports: [{{number: 20017, name: mongo, protocol: MONGO}}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: shop}}
+spec:
+  host: db
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db-split, namespace: shop}}
+spec:
+  hosts: [db]
+  tcp:
+  - match:
+    - port: 20306
+      destinationSubnets: [127.0.0.20/32]
+    route:
+    - destination: {{host: db, subset: v1}}
+      weight: 75
+    - destination: {{host: db, subset: v2}}
+      weight: 25
+  - route:
+    - destination: {{host: db, subset: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: example-tls, namespace: shop}}
+spec:
+  hosts: [api.example.com]
+  tls:
+  - match:
+    - port: 20443
+      sniHosts: [api.example.com]
+    route:
+    - destination: {{host: api.example.com, port: {{number: 20443}}}}
+"#
+    )
+}
+
+const SIDECAR_NODE: &str = "sidecar~127.0.0.1~app-1.shop~shop.svc.cluster.local";
+
+/// The sidecar's expected listeners (the `app` Service is HTTP: it is served by `0.0.0.0_20080`, not a VIP).
+const SIDECAR_LISTENERS: [&str; 7] = [
+    "0.0.0.0_20017",
+    "0.0.0.0_20080",
+    "0.0.0.0_20443",
+    "127.0.0.20_20306",
+    "127.0.0.21_20080",
+    "virtualInbound",
+    "virtualOutbound",
+];
+
+async fn start(dir: &Path) -> app::Bound {
+    app::build(app::Config {
+        config_dir: Some(dir.to_path_buf()),
+        xds_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .await
+    .expect("rudder starts")
+}
+
+/// Waits until Envoy `node` has ACKed a listener response and never NACKed one; panics with the NACK text.
+async fn wait_lds_acked(registry: &Registry, pod: &str) -> ConnectionStatus {
+    let conns = registry
+        .wait_for(ADMIN_TIMEOUT, |cs| {
+            cs.iter().any(|c| {
+                c.types.get(LISTENER).is_some_and(|t| {
+                    assert!(
+                        t.last_nack.is_none(),
+                        "Envoy rejected listeners: {:#?}",
+                        t.last_nack
+                    );
+                    t.is_acked()
+                })
+            })
+        })
+        .await
+        .unwrap_or_else(|last| panic!("LDS never ACKed: {last:#?}"));
+    conns
+        .into_iter()
+        .find(|c| c.proxy.id.pod == pod)
+        .expect("the proxy's connection")
+}
+
+/// Every dynamic listener in a config dump (active or warming) by name, with its config and error state.
+fn dumped_listeners(dump: &Value) -> Vec<(String, Value, Option<Value>)> {
+    let mut out = Vec::new();
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        if !c["@type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("ListenersConfigDump")
+        {
+            continue;
+        }
+        for l in c["dynamic_listeners"].as_array().into_iter().flatten() {
+            let state = if l["active_state"].is_null() {
+                &l["warming_state"]
+            } else {
+                &l["active_state"]
+            };
+            let error = (!l["error_state"].is_null()).then(|| l["error_state"].clone());
+            out.push((
+                l["name"].as_str().unwrap_or_default().to_owned(),
+                state["listener"].clone(),
+                error,
+            ));
+        }
+    }
+    out
+}
+
+/// Polls the dump until `cond` holds on its listeners.
+async fn wait_listeners(
+    envoy: &Envoy,
+    what: &str,
+    cond: impl Fn(&[(String, Value, Option<Value>)]) -> bool,
+) -> Vec<(String, Value, Option<Value>)> {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let ls = dumped_listeners(&envoy.config_dump().await);
+        if cond(&ls) {
+            return ls;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy never showed {what}; listeners: {:#?}\nlog:\n{}",
+            ls.iter().map(|l| &l.0).collect::<Vec<_>>(),
+            envoy.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The cluster of `virtualOutbound`'s default chain as Envoy holds it.
+fn outbound_fallthrough(ls: &[(String, Value, Option<Value>)]) -> Option<String> {
+    let (_, l, _) = ls.iter().find(|l| l.0 == "virtualOutbound")?;
+    l["default_filter_chain"]["filters"][0]["typed_config"]["cluster"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(20900, "ALLOW_ANY")).unwrap();
+    let bound = start(dir.path()).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let envoy = Envoy::start(&bootstrap(
+        SIDECAR_NODE,
+        "app.shop",
+        bound.xds_addr.unwrap(),
+        AdsApi::Grpc,
+    ))
+    .await;
+
+    // (a) Every listener is ACKed: none NACKed in rudder's registry, none in error in Envoy's dump.
+    let conn = wait_lds_acked(&registry, "app-1").await;
+    let mut sent: Vec<&str> = conn.types[LISTENER]
+        .sent
+        .keys()
+        .map(String::as_str)
+        .collect();
+    sent.sort();
+    let mut expected = SIDECAR_LISTENERS.to_vec();
+    expected.sort();
+    assert_eq!(sent, expected);
+    let ls = wait_listeners(&envoy, "every sidecar listener", |ls| {
+        SIDECAR_LISTENERS
+            .iter()
+            .all(|n| ls.iter().any(|l| l.0 == *n))
+    })
+    .await;
+    for (name, _, error) in &ls {
+        assert!(error.is_none(), "listener {name} in error: {error:?}");
+    }
+    // What Envoy holds is what rudder meant: the TCP split and the inbound chains survived the round trip.
+    let db = &ls.iter().find(|l| l.0 == "127.0.0.20_20306").unwrap().1;
+    let weighted =
+        &db["filter_chains"][0]["filters"][0]["typed_config"]["weighted_clusters"]["clusters"];
+    assert_eq!(
+        weighted[0]["name"], "outbound|20306|v1|db.shop.svc.cluster.local",
+        "{db:#}"
+    );
+    assert_eq!(weighted[1]["weight"], 25);
+    let inbound = &ls.iter().find(|l| l.0 == "virtualInbound").unwrap().1;
+    let chains: Vec<&str> = inbound["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            "virtualInbound-blackhole",
+            "0.0.0.0_20900",
+            "0.0.0.0_20901",
+            "0.0.0.0_20902"
+        ]
+    );
+    let log = envoy.log_tail(400);
+    assert!(
+        !log.contains("rejected") && !log.contains("error adding listener"),
+        "{log}"
+    );
+
+    // (c) ALLOW_ANY: unknown destinations pass through.
+    assert_eq!(
+        outbound_fallthrough(&ls).as_deref(),
+        Some("PassthroughCluster")
+    );
+    // REGISTRY_ONLY (the mesh config changes on disk): they go to the black hole.
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        mesh_yaml(20900, "REGISTRY_ONLY"),
+    )
+    .unwrap();
+    let ls = wait_listeners(&envoy, "virtualOutbound to BlackHoleCluster", |ls| {
+        outbound_fallthrough(ls).as_deref() == Some("BlackHoleCluster")
+    })
+    .await;
+    for (name, _, error) in &ls {
+        assert!(error.is_none(), "listener {name} in error: {error:?}");
+    }
+    assert!(
+        registry
+            .connections()
+            .iter()
+            .all(|c| { c.types.get(LISTENER).is_none_or(|t| t.last_nack.is_none()) })
+    );
+
+    drop(envoy);
+    bound.shutdown().await;
+}
+
+/// A local HTTP server standing in for the application.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "hello from fruits" });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A port free right now, for the Gateway server.
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn gateway_yaml(app_port: u16, gw_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers:
+  - name: istio-proxy
+status: {{phase: Running, podIP: 127.0.0.2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fruits-1, namespace: shop, labels: {{app: fruits}}}}
+spec:
+  containers:
+  - name: fruits
+    ports:
+    - {{name: http, containerPort: {app_port}}}
+status: {{phase: Running, podIP: 127.0.0.1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: fruits, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.30
+  selector: {{app: fruits}}
+  ports:
+  - {{name: http, port: 20080, targetPort: http}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: fruits-gw, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: [fruits.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: juice-gw, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: [juice.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: fruits, namespace: shop}}
+spec:
+  hosts: [fruits.example.com]
+  gateways: [fruits-gw]
+  http:
+  - route:
+    - destination: {{host: fruits, port: {{number: 20080}}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs clusters and endpoints (CDS/EDS): until then the gateway routes but answers 503"]
+async fn gateway_listener_routes_real_traffic_to_a_local_server() {
+    let up = upstream().await;
+    let gw_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        gateway_yaml(up.port(), gw_port),
+    )
+    .unwrap();
+    let bound = start(dir.path()).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let envoy = Envoy::start(&bootstrap(
+        "router~127.0.0.2~ingress-1.istio-system~istio-system.svc.cluster.local",
+        "istio-ingressgateway.istio-system",
+        bound.xds_addr.unwrap(),
+        AdsApi::DeltaGrpc,
+    ))
+    .await;
+
+    let conn = wait_lds_acked(&registry, "ingress-1").await;
+    let name = format!("0.0.0.0_{gw_port}");
+    assert_eq!(
+        conn.types[LISTENER].sent.keys().collect::<Vec<_>>(),
+        [&name],
+        "two Gateways on one port make one listener"
+    );
+    let ls = wait_listeners(&envoy, "the gateway listener", |ls| {
+        ls.iter().any(|l| l.0 == name)
+    })
+    .await;
+    assert!(ls.iter().all(|l| l.2.is_none()), "{ls:#?}");
+
+    // A request with the VirtualService's host goes through the gateway listener (RDS http.<port>) to the
+    // upstream; another host has no route.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{gw_port}/shake");
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let got = client
+            .get(&url)
+            .header("host", "fruits.example.com")
+            .send()
+            .await;
+        if let Ok(resp) = got {
+            if resp.status() == 200 {
+                assert_eq!(resp.text().await.unwrap(), "hello from fruits");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway answered {} ; log:\n{}",
+                resp.status(),
+                envoy.log_tail(40)
+            );
+        } else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway never answered: {got:?}; log:\n{}",
+                envoy.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = client
+        .get(&url)
+        .header("host", "unknown.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+
+    drop(envoy);
+    bound.shutdown().await;
+}
