@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -28,7 +28,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 use tokio::sync::watch;
 
-use crate::xds::{Generate, Proxy, PushContext, XdsResource, type_url};
+use crate::xds::{Generate, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
 fn any<M: Message + Name>(msg: &M) -> Any {
     Any {
@@ -220,12 +220,14 @@ fn resource_name(type_url: &str, bytes: &[u8]) -> String {
 }
 
 /// Resources by type, plus per-pod additions/overrides (by name) keyed by `<pod>.<ns>`.
+///
+/// Like a real generator, the common set of each type is built once per generation (on first use) and
+/// shared by every proxy that has no per-pod resources.
 #[derive(Clone, Debug, Default)]
 pub struct StaticGenerator {
-    /// Resources every proxy sees.
-    pub common: BTreeMap<String, Vec<Arc<XdsResource>>>,
-    /// Resources only the given pod sees (replacing common ones of the same name).
-    pub per_pod: BTreeMap<String, BTreeMap<String, Vec<Arc<XdsResource>>>>,
+    common: BTreeMap<String, Vec<Arc<XdsResource>>>,
+    per_pod: BTreeMap<String, BTreeMap<String, Vec<Arc<XdsResource>>>>,
+    shared: OnceLock<BTreeMap<String, ResourceSet>>,
 }
 
 impl StaticGenerator {
@@ -237,6 +239,7 @@ impl StaticGenerator {
 
     /// Adds or replaces a common resource.
     pub fn set(&mut self, r: Arc<XdsResource>) {
+        self.shared = OnceLock::new();
         let list = self.common.entry(r.type_url.clone()).or_default();
         list.retain(|x| x.name != r.name);
         list.push(r);
@@ -244,6 +247,7 @@ impl StaticGenerator {
 
     /// Removes a common resource.
     pub fn remove(&mut self, type_url: &str, name: &str) {
+        self.shared = OnceLock::new();
         if let Some(list) = self.common.get_mut(type_url) {
             list.retain(|x| x.name != name);
         }
@@ -263,22 +267,23 @@ impl StaticGenerator {
 }
 
 impl Generate for StaticGenerator {
-    fn generate(&self, proxy: &Proxy, type_url: &str) -> Vec<Arc<XdsResource>> {
-        let mut out: BTreeMap<&str, Arc<XdsResource>> = self
-            .common
-            .get(type_url)
-            .into_iter()
-            .flatten()
-            .map(|r| (r.name.as_str(), r.clone()))
-            .collect();
-        if let Some(extra) = self
+    fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet {
+        let shared = self.shared.get_or_init(|| {
+            self.common
+                .iter()
+                .map(|(t, list)| (t.clone(), ResourceSet::new(list.clone())))
+                .collect()
+        });
+        let base = shared.get(type_url).cloned().unwrap_or_default();
+        match self
             .per_pod
             .get(&proxy.id.pod_key())
             .and_then(|m| m.get(type_url))
         {
-            out.extend(extra.iter().map(|r| (r.name.as_str(), r.clone())));
+            None => base,
+            // Per-pod resources come first, so they win over common ones of the same name.
+            Some(extra) => extra.iter().chain(base.items()).cloned().collect(),
         }
-        out.into_values().collect()
     }
 }
 

@@ -20,7 +20,7 @@ use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
-use super::{Metrics, Proxy, PushContext, XdsResource, type_url};
+use super::{Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
 /// State shared by every stream of one server.
 pub(crate) struct Shared {
@@ -74,6 +74,10 @@ pub(crate) struct TypeState {
     pub last_names: Vec<String>,
     /// Publication time of the generation that caused the last response, if it was a push.
     pub push_published: Option<Instant>,
+    /// Bumped on every subscription change.
+    pub sub_epoch: u64,
+    /// (set digest, `sub_epoch`) of the last build.
+    pub built_from: Option<(u64, u64)>,
 }
 
 impl TypeState {
@@ -129,15 +133,29 @@ impl TypeState {
         }
     }
 
-    /// The resources of `all` this subscription asks for, sorted by name (first of duplicate names wins).
-    /// No per-resource allocation: this runs for every connection on every generation.
-    pub fn select(&self, mut all: Vec<Arc<XdsResource>>) -> Vec<Arc<XdsResource>> {
-        if !self.status.wildcard {
-            all.retain(|r| self.status.names.contains(&r.name));
+    /// The resources of `set` this subscription asks for (sorted by name), or `None` when neither the set
+    /// (by digest) nor the subscription changed since the last build and no response is owed: the O(1) path
+    /// for the many proxies a generation does not concern.
+    pub fn select(&mut self, set: &ResourceSet) -> Option<Vec<Arc<XdsResource>>> {
+        let input = (set.digest(), self.sub_epoch);
+        if !self.must_respond && self.built_from == Some(input) {
+            return None;
         }
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all.dedup_by(|a, b| a.name == b.name);
-        all
+        self.built_from = Some(input);
+        Some(if self.status.wildcard {
+            set.items().to_vec()
+        } else {
+            set.items()
+                .iter()
+                .filter(|r| self.status.names.contains(&r.name))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// The subscription (names or wildcard) changed: the next build must look at the content.
+    pub fn subscription_changed(&mut self) {
+        self.sub_epoch += 1;
     }
 
     /// Records a response about to be sent.

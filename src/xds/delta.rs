@@ -51,8 +51,8 @@ impl Flavor for Delta {
             &metrics,
         );
 
-        let sent = Arc::make_mut(&mut ts.status.sent);
-        if is_new {
+        if is_new && !req.initial_resource_versions.is_empty() {
+            let sent = Arc::make_mut(&mut ts.status.sent);
             for (name, version) in req.initial_resource_versions {
                 sent.insert(name, SentResource::Claimed { version });
             }
@@ -62,25 +62,33 @@ impl Flavor for Delta {
             || (is_new
                 && req.resource_names_subscribe.is_empty()
                 && type_url::is_wildcard_type(&req.type_url));
-        let names = Arc::make_mut(&mut ts.status.names);
-        for name in req.resource_names_subscribe {
-            if name == "*" {
-                wildcard = true;
-            } else if names.insert(name.clone()) {
-                ts.newly_subscribed.insert(name);
+        // Only touch the shared maps when the subscription changes: most requests are plain ACKs.
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            let names = Arc::make_mut(&mut ts.status.names);
+            for name in req.resource_names_subscribe {
+                if name == "*" {
+                    wildcard = true;
+                } else if names.insert(name.clone()) {
+                    ts.newly_subscribed.insert(name);
+                }
             }
-        }
-        for name in &req.resource_names_unsubscribe {
-            if name == "*" {
-                wildcard = false;
-            } else {
-                names.remove(name);
-                ts.newly_subscribed.remove(name);
+            for name in &req.resource_names_unsubscribe {
+                if name == "*" {
+                    wildcard = false;
+                } else {
+                    names.remove(name);
+                    ts.newly_subscribed.remove(name);
+                }
             }
+            ts.subscription_changed();
         }
-        if !wildcard {
+        if wildcard != was_wildcard {
+            ts.subscription_changed();
+        }
+        let names = &ts.status.names;
+        if !wildcard && ts.status.sent.keys().any(|n| !names.contains(n)) {
             // The client drops what it no longer subscribes to.
-            sent.retain(|n, _| names.contains(n));
+            Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
         }
         ts.status.wildcard = wildcard;
         if is_new || !ts.newly_subscribed.is_empty() || (wildcard && !was_wildcard) {
@@ -102,7 +110,7 @@ impl Flavor for Delta {
             ..
         } = conn;
         let ts = types.get_mut(type_url)?;
-        let chosen = ts.select(ctx.generator.generate(proxy, type_url));
+        let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
         let changed: Vec<Arc<_>> = chosen
             .iter()
             .filter(|r| {

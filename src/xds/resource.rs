@@ -104,14 +104,86 @@ impl fmt::Debug for XdsResource {
     }
 }
 
+/// An immutable, name-sorted set of resources with a digest of its `(name, version)` pairs.
+///
+/// Cheap to clone (one `Arc`). A generator that hands the same set to many proxies lets the server skip a
+/// proxy whose set is unchanged in O(1), by comparing digests.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceSet {
+    inner: Arc<SetInner>,
+}
+
+#[derive(Debug, Default)]
+struct SetInner {
+    items: Vec<Arc<XdsResource>>,
+    digest: u64,
+}
+
+impl ResourceSet {
+    /// Sorts by name (the first of duplicate names wins) and computes the digest.
+    pub fn new(mut items: Vec<Arc<XdsResource>>) -> Self {
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        items.dedup_by(|later, first| later.name == first.name);
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for r in &items {
+            h.update(r.name.as_bytes());
+            h.update(&[0]);
+            h.update(r.version.as_bytes());
+            h.update(&[0]);
+        }
+        ResourceSet {
+            inner: Arc::new(SetInner {
+                items,
+                digest: h.digest(),
+            }),
+        }
+    }
+
+    /// The resources, sorted by name.
+    pub fn items(&self) -> &[Arc<XdsResource>] {
+        &self.inner.items
+    }
+
+    /// Digest of the `(name, version)` pairs.
+    pub fn digest(&self) -> u64 {
+        self.inner.digest
+    }
+
+    /// The resource called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<XdsResource>> {
+        let items = &self.inner.items;
+        items
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &items[i])
+    }
+
+    /// Number of resources.
+    pub fn len(&self) -> usize {
+        self.inner.items.len()
+    }
+
+    /// No resources.
+    pub fn is_empty(&self) -> bool {
+        self.inner.items.is_empty()
+    }
+}
+
+impl FromIterator<Arc<XdsResource>> for ResourceSet {
+    fn from_iter<I: IntoIterator<Item = Arc<XdsResource>>>(iter: I) -> Self {
+        ResourceSet::new(iter.into_iter().collect())
+    }
+}
+
 /// The boundary to the translation code: all resources of one type a proxy may see in one generation.
 ///
 /// Implementations are pure and deterministic for a given generation. A resource identical for many proxies
-/// should be built and encoded once per generation and handed out as the same `Arc` (cache it in the
-/// generator); the server only compares versions and copies bytes.
+/// should be built and encoded once per generation and handed out as the same `Arc`, and a whole set shared
+/// by many proxies (same scope) as the same [`ResourceSet`]: cache them in the generator. The server compares
+/// digests and versions and copies bytes; it never re-encodes.
 pub trait Generate: Send + Sync {
     /// Every resource of `type_url` visible to `proxy` (the server filters by the proxy's subscription).
-    fn generate(&self, proxy: &Proxy, type_url: &str) -> Vec<Arc<XdsResource>>;
+    fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet;
 }
 
 /// One generation of configuration, published by the app on the server's `watch` channel.
@@ -146,5 +218,42 @@ impl fmt::Debug for PushContext {
             .field("version", &self.version)
             .field("endpoints_only", &self.endpoints_only)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
+        Arc::new(XdsResource::from_bytes(
+            name,
+            type_url::CLUSTER,
+            Bytes::from_static(body),
+        ))
+    }
+
+    #[test]
+    fn version_is_a_content_hash() {
+        assert_eq!(res("a", b"x").version, res("b", b"x").version);
+        assert_ne!(res("a", b"x").version, res("a", b"y").version);
+        assert_eq!(res("a", b"x").version.len(), 16);
+    }
+
+    #[test]
+    fn set_is_sorted_deduplicated_and_digested_by_name_and_version() {
+        let set = ResourceSet::new(vec![res("b", b"1"), res("a", b"1"), res("b", b"2")]);
+        let names: Vec<&str> = set.items().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            set.get("b").unwrap().bytes.as_ref(),
+            b"1",
+            "first of duplicates wins"
+        );
+        let same = ResourceSet::new(vec![res("a", b"1"), res("b", b"1")]);
+        assert_eq!(set.digest(), same.digest());
+        let changed = ResourceSet::new(vec![res("a", b"1"), res("b", b"3")]);
+        assert_ne!(set.digest(), changed.digest());
+        assert_ne!(ResourceSet::default().digest(), set.digest());
     }
 }

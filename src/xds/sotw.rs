@@ -65,15 +65,17 @@ impl Flavor for Sotw {
         };
         let added =
             (wildcard && !ts.status.wildcard) || names.iter().any(|n| !ts.status.names.contains(n));
-        if !wildcard {
-            // Names dropped from the list are forgotten by the client.
-            Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
-        }
-        ts.status.wildcard = wildcard;
-        ts.legacy_wildcard = legacy;
-        if *ts.status.names != names {
+        // Only touch the shared maps when the subscription changed: most requests are plain ACKs.
+        if wildcard != ts.status.wildcard || *ts.status.names != names {
+            if !wildcard {
+                // Names dropped from the list are forgotten by the client.
+                Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
+            }
+            ts.status.wildcard = wildcard;
             ts.status.names = Arc::new(names);
+            ts.subscription_changed();
         }
+        ts.legacy_wildcard = legacy;
         if is_new || added {
             ts.must_respond = true;
         }
@@ -93,7 +95,7 @@ impl Flavor for Sotw {
             ..
         } = conn;
         let ts = types.get_mut(type_url)?;
-        let chosen = ts.select(ctx.generator.generate(proxy, type_url));
+        let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
         if !ts.must_respond && same_view(&ts.status.sent, &chosen) {
             return None;
         }
