@@ -97,7 +97,7 @@ fn route_config(
                 let name = virtual_host(&host, port);
                 if vhosts.contains_key(&name) {
                     tracing::warn!(
-                        "Gateway {}: host {host} on port {port} is already routed by another server; VirtualService {} ignored there",
+                        "Gateway {}: host {host} on port {port} already has a virtual host; VirtualService {} not used for it",
                         key_of(gw),
                         g.sources.join(",")
                     );
