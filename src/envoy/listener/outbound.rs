@@ -23,7 +23,7 @@ use crate::envoy::names::{
     outbound_tcp_listener, sidecar_route,
 };
 use crate::model::proxy::{Istio, ProxyScope, host_match_rank, resolve_host};
-use crate::model::service::{Protocol, Service};
+use crate::model::service::{Origin, Protocol, Resolution, Service};
 
 /// Name of the catch-all chain of capture and wildcard listeners (istiod's).
 pub const PASSTHROUGH_CHAIN: &str = "PassthroughFilterChain";
@@ -201,6 +201,23 @@ fn add_l4_service(
                     svc.name
                 ),
             },
+        }
+    }
+    if svc.addresses.is_empty()
+        && svc.origin == Origin::Kubernetes
+        && svc.resolution == Resolution::Passthrough
+    {
+        // Headless: DNS hands clients the pod IPs, so each endpoint gets its own `<ip>_<port>` listener (as in
+        // istiod). A wildcard listener would capture the port for every destination in the world.
+        for ep in scope.snapshot.registry.endpoints(svc, port) {
+            if let Ok(ip) = ep.address.parse::<std::net::IpAddr>()
+                && !vips.contains(&ip.to_string())
+            {
+                vips.push(ip.to_string());
+            }
+        }
+        if vips.is_empty() {
+            return;
         }
     }
     let chains = |wildcard: bool| -> Vec<FilterChain> {

@@ -830,3 +830,49 @@ fn listeners_are_deterministic_and_chain_matches_unique() {
         }
     }
 }
+
+#[test]
+fn headless_tcp_services_get_a_listener_per_endpoint() {
+    let snap = with(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cassandra, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: cassandra}
+  ports:
+  - {name: tcp-cql, port: 9042}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cassandra-0, namespace: shop, labels: {app: cassandra}}
+spec:
+  containers:
+  - name: cassandra
+    ports: [{name: tcp-cql, containerPort: 9042}]
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cassandra-1, namespace: shop, labels: {app: cassandra}}
+spec:
+  containers:
+  - name: cassandra
+    ports: [{name: tcp-cql, containerPort: 9042}]
+status: {phase: Running, podIP: 10.0.1.2}
+"#,
+    );
+    let ls = sidecar_listeners(&snap);
+    for name in ["10.0.1.1_9042", "10.0.1.2_9042"] {
+        let l = find(&ls, name);
+        assert_eq!(
+            tcp_dest(&l.filter_chains[0]),
+            [("outbound|9042||cassandra.shop.svc.cluster.local".into(), 0)]
+        );
+    }
+    assert!(
+        ls.iter().all(|l| l.name != "0.0.0.0_9042"),
+        "a headless service must not capture the port for every destination"
+    );
+}
