@@ -143,7 +143,7 @@ fn rule_chains(
     if matches.is_empty() {
         let mut m = FilterChainMatch::default();
         if kind == "tls" {
-            m.server_names = default_sni.to_vec();
+            m.server_names = server_names(default_sni);
         }
         chains.push(chain(format!("{kind}-{vs_ns}/{vs_name}-{rule_index}"), m));
         // A TLS rule still only catches its SNI hosts; a TCP rule without matches catches all.
@@ -166,9 +166,9 @@ fn rule_chains(
         };
         let server_names = if kind == "tls" {
             if m.sni_hosts.is_empty() {
-                default_sni.to_vec()
+                server_names(default_sni)
             } else {
-                m.sni_hosts.to_vec()
+                server_names(m.sni_hosts)
             }
         } else {
             Vec::new()
@@ -185,6 +185,15 @@ fn rule_chains(
         ));
     }
     caught_all
+}
+
+/// SNI names for a chain match. `*` means any name, which Envoy expresses as no `server_names` at all (it
+/// rejects a bare `*`); `*.example.com` suffix wildcards are kept.
+fn server_names(hosts: &[String]) -> Vec<String> {
+    if hosts.iter().any(|h| h == "*") {
+        return Vec::new();
+    }
+    hosts.to_vec()
 }
 
 /// Whether a match applies to this proxy and listener port (port, source labels and namespace, gateways).

@@ -876,3 +876,40 @@ status: {phase: Running, podIP: 10.0.1.2}
         "a headless service must not capture the port for every destination"
     );
 }
+
+#[test]
+fn a_wildcard_sni_host_matches_any_name() {
+    let snap = with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tls-any, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 18443, name: tls, protocol: TLS}
+    hosts: ["shop/*"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls-any, namespace: shop}
+spec:
+  hosts: ["*"]
+  gateways: [tls-any]
+  tls:
+  - match: [{sniHosts: ["*"]}]
+    route:
+    - destination: {host: api.example.com, port: {number: 443}}
+"#,
+    );
+    let scope = router(&snap, "istio-system", "gw", &[("istio", "ingressgateway")]);
+    let ls = listeners(&scope);
+    let l = find(&ls, "0.0.0.0_18443");
+    let m = l.filter_chains[0].filter_chain_match.as_ref().unwrap();
+    assert!(m.server_names.is_empty(), "{m:?}");
+    assert_eq!(
+        tcp_dest(&l.filter_chains[0]),
+        [("outbound|443||api.example.com".into(), 0)]
+    );
+}
