@@ -486,3 +486,106 @@ async fn gateway_listener_routes_real_traffic_to_a_local_server() {
     drop(envoy);
     bound.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_passthrough_and_tcp_listeners_are_accepted() {
+    let (tls_port, tcp_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers:
+  - name: istio-proxy
+status: {{phase: Running, podIP: 127.0.0.2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: example-api, namespace: shop}}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 20443, name: tls, protocol: TLS}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tls_port}, name: tls, protocol: TLS}}
+    hosts: [api.example.com, "*.example.org"]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: shop}}
+spec:
+  hosts: [api.example.com, "*.example.org"]
+  gateways: [edge]
+  tls:
+  - match:
+    - port: {tls_port}
+      sniHosts: [api.example.com]
+    route:
+    - destination: {{host: api.example.com, port: {{number: 20443}}}}
+  - match:
+    - port: {tls_port}
+      sniHosts: ["*.example.org"]
+    route:
+    - destination: {{host: api.example.com, port: {{number: 20443}}}}
+      weight: 50
+    - destination: {{host: other.example.org, port: {{number: 20443}}}}
+      weight: 50
+  tcp:
+  - match: [{{port: {tcp_port}}}]
+    route:
+    - destination: {{host: api.example.com, port: {{number: 20443}}}}
+"#
+    );
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    let bound = start(dir.path()).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let envoy = Envoy::start(&bootstrap(
+        "router~127.0.0.2~ingress-1.istio-system~istio-system.svc.cluster.local",
+        "istio-ingressgateway.istio-system",
+        bound.xds_addr.unwrap(),
+        AdsApi::Grpc,
+    ))
+    .await;
+    wait_lds_acked(&registry, "ingress-1").await;
+    let names = [format!("0.0.0.0_{tls_port}"), format!("0.0.0.0_{tcp_port}")];
+    let ls = wait_listeners(&envoy, "the passthrough and TCP listeners", |ls| {
+        names.iter().all(|n| ls.iter().any(|l| l.0 == *n))
+    })
+    .await;
+    assert!(ls.iter().all(|l| l.2.is_none()), "{ls:#?}");
+    let tls = &ls.iter().find(|l| l.0 == names[0]).unwrap().1;
+    let sni: Vec<&Value> = tls["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["filter_chain_match"]["server_names"])
+        .collect();
+    assert_eq!(
+        sni,
+        [
+            &serde_json::json!(["api.example.com"]),
+            &serde_json::json!(["*.example.org"])
+        ]
+    );
+    // Both listeners really bound: Envoy accepts connections on them.
+    for port in [tls_port, tcp_port] {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("gateway port {port} not listening: {e}"));
+    }
+
+    drop(envoy);
+    bound.shutdown().await;
+}
