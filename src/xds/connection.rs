@@ -142,15 +142,21 @@ impl TypeState {
             return None;
         }
         self.built_from = Some(input);
-        Some(if self.status.wildcard {
-            set.items().to_vec()
-        } else {
-            set.items()
-                .iter()
-                .filter(|r| self.status.names.contains(&r.name))
-                .cloned()
-                .collect()
-        })
+        if self.status.wildcard {
+            return Some(set.items().to_vec());
+        }
+        // Merge the two name-sorted sequences instead of looking every resource up.
+        let mut out = Vec::with_capacity(self.status.names.len().min(set.len()));
+        let mut names = self.status.names.iter().peekable();
+        for r in set.items() {
+            while names.next_if(|n| n.as_str() < r.name.as_str()).is_some() {}
+            match names.peek() {
+                None => break,
+                Some(n) if n.as_str() == r.name.as_str() => out.push(r.clone()),
+                Some(_) => {}
+            }
+        }
+        Some(out)
     }
 
     /// The subscription (names or wildcard) changed: the next build must look at the content.
@@ -435,15 +441,37 @@ impl ConnState {
     }
 }
 
-/// Whether `chosen` is exactly what the client holds.
-pub(crate) fn same_view(
-    sent: &BTreeMap<String, SentResource>,
-    chosen: &[Arc<XdsResource>],
-) -> bool {
-    sent.len() == chosen.len()
-        && chosen
-            .iter()
-            .all(|r| sent.get(&r.name).is_some_and(|s| s.version() == r.version))
+/// What the client must be told to go from `sent` to `chosen`: resources new or at another version, and
+/// names it holds that are no longer chosen.
+#[derive(Debug, Default)]
+pub(crate) struct Diff {
+    pub changed: Vec<Arc<XdsResource>>,
+    pub removed: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// One merge pass over both name-sorted sequences (no lookups): this runs for every affected connection.
+pub(crate) fn diff(sent: &BTreeMap<String, SentResource>, chosen: &[Arc<XdsResource>]) -> Diff {
+    let mut d = Diff::default();
+    let mut held = sent.iter().peekable();
+    for r in chosen {
+        while let Some((name, _)) = held.next_if(|(n, _)| n.as_str() < r.name.as_str()) {
+            d.removed.push(name.clone());
+        }
+        match held.next_if(|(n, _)| n.as_str() == r.name.as_str()) {
+            Some((_, SentResource::Sent(old)))
+                if Arc::ptr_eq(old, r) || old.version == r.version => {}
+            Some((_, SentResource::Claimed { version })) if *version == r.version => {}
+            _ => d.changed.push(r.clone()),
+        }
+    }
+    d.removed.extend(held.map(|(n, _)| n.clone()));
+    d
 }
 
 /// Whether the name-sorted `chosen` holds `name`.
@@ -451,4 +479,44 @@ pub(crate) fn contains(chosen: &[Arc<XdsResource>], name: &str) -> bool {
     chosen
         .binary_search_by(|r| r.name.as_str().cmp(name))
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn res(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
+        Arc::new(XdsResource::from_bytes(
+            name,
+            type_url::CLUSTER,
+            Bytes::from_static(body),
+        ))
+    }
+
+    #[test]
+    fn diff_finds_added_changed_and_removed_in_one_pass() {
+        let (a, b, c) = (res("a", b"1"), res("b", b"1"), res("c", b"1"));
+        let sent: BTreeMap<String, SentResource> = [
+            ("a".to_owned(), SentResource::Sent(a.clone())),
+            (
+                "b".to_owned(),
+                SentResource::Claimed {
+                    version: "old".to_owned(),
+                },
+            ),
+            ("gone".to_owned(), SentResource::Sent(res("gone", b"1"))),
+            ("0".to_owned(), SentResource::Sent(res("0", b"1"))),
+        ]
+        .into();
+        let d = diff(&sent, &[a.clone(), b.clone(), c.clone()]);
+        let changed: Vec<&str> = d.changed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(changed, ["b", "c"]);
+        assert_eq!(d.removed, ["0", "gone"]);
+        // Same content, other allocation: no change.
+        let d = diff(&sent, &[res("a", b"1")]);
+        assert!(d.changed.is_empty());
+        assert!(diff(&BTreeMap::new(), &[]).is_empty());
+    }
 }

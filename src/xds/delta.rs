@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Status;
 
-use super::connection::{ConnState, Flavor, contains, control_plane};
+use super::connection::{ConnState, Diff, Flavor, contains, control_plane, diff};
 use super::registry::{Protocol, SentResource};
 use super::{PushContext, type_url};
 
@@ -111,23 +111,10 @@ impl Flavor for Delta {
         } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
-        let changed: Vec<Arc<_>> = chosen
-            .iter()
-            .filter(|r| {
-                ts.status
-                    .sent
-                    .get(&r.name)
-                    .is_none_or(|s| s.version() != r.version)
-            })
-            .cloned()
-            .collect();
-        let mut removed: Vec<String> = ts
-            .status
-            .sent
-            .keys()
-            .filter(|n| !contains(&chosen, n))
-            .cloned()
-            .collect();
+        let Diff {
+            changed,
+            mut removed,
+        } = diff(&ts.status.sent, &chosen);
         removed.extend(
             ts.newly_subscribed
                 .iter()

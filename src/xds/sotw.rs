@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tonic::Status;
 
-use super::connection::{ConnState, Flavor, NonceCheck, control_plane, same_view};
+use super::connection::{ConnState, Flavor, NonceCheck, control_plane, diff};
 use super::registry::{Protocol, SentResource};
 use super::{PushContext, type_url};
 
@@ -96,7 +96,7 @@ impl Flavor for Sotw {
         } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
-        if !ts.must_respond && same_view(&ts.status.sent, &chosen) {
+        if !ts.must_respond && diff(&ts.status.sent, &chosen).is_empty() {
             return None;
         }
         let nonce = shared.next_nonce();
