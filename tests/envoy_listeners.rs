@@ -407,7 +407,6 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs clusters and endpoints (CDS/EDS): until then the gateway routes but answers 503"]
 async fn gateway_listener_routes_real_traffic_to_a_local_server() {
     let up = upstream().await;
     let gw_port = free_port();
