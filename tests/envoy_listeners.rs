@@ -588,3 +588,63 @@ spec:
     drop(envoy);
     bound.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_accepts_the_book_example_sidecar_listeners() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/micro-shake-factory");
+    let bound = start(&examples).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let pod = "juice-shop-api-deployment-5f6g7h8i9-uvwxy";
+    let envoy = Envoy::start(&bootstrap(
+        &format!(
+            "sidecar~10.44.0.21~{pod}.micro-shake-factory~micro-shake-factory.svc.cluster.local"
+        ),
+        "juice-shop-api.micro-shake-factory",
+        bound.xds_addr.unwrap(),
+        AdsApi::DeltaGrpc,
+    ))
+    .await;
+    let conn = wait_lds_acked(&registry, pod).await;
+    let sent = &conn.types[LISTENER].sent;
+    for name in [
+        "virtualOutbound",
+        "virtualInbound",
+        "0.0.0.0_80",
+        "0.0.0.0_443",
+    ] {
+        assert!(
+            sent.contains_key(name),
+            "{name} not sent: {:?}",
+            sent.keys()
+        );
+    }
+    let ls = wait_listeners(&envoy, "every book listener", |ls| {
+        sent.keys().all(|n| ls.iter().any(|l| l.0 == *n))
+    })
+    .await;
+    assert!(ls.iter().all(|l| l.2.is_none()), "{ls:#?}");
+    // The exotic-fruits ServiceEntry (TLS, no address) is reached by SNI on the wildcard listener (next to the
+    // ingress gateway's https port, whose Service has no clusterIP in the book's manifests).
+    let tls = &ls.iter().find(|l| l.0 == "0.0.0.0_443").unwrap().1;
+    let clusters: Vec<(&Value, &Value)> = tls["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                &c["filter_chain_match"]["server_names"][0],
+                &c["filters"][0]["typed_config"]["cluster"],
+            )
+        })
+        .collect();
+    assert!(
+        clusters.contains(&(
+            &serde_json::json!("raw.githubusercontent.com"),
+            &serde_json::json!("outbound|443||raw.githubusercontent.com")
+        )),
+        "{tls:#}"
+    );
+
+    drop(envoy);
+    bound.shutdown().await;
+}
