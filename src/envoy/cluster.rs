@@ -275,10 +275,11 @@ fn outbound_cluster(scope: &ProxyScope<'_>, t: &OutboundTarget) -> Option<Cluste
     }
     let mut options = port_protocol_options(scope, t.port.protocol);
     let pool = t.policy.connection_pool.as_ref();
-    policy::apply_connection_pool(&mut cluster, &mut options, pool);
+    // Upgrade first, so HTTP/2 settings of the pool (maxConcurrentStreams) land on upgraded clusters too.
     if policy::wants_h2_upgrade(pool) {
         options.set_h2();
     }
+    policy::apply_connection_pool(&mut cluster, &mut options, pool);
     policy::apply_outlier_detection(&mut cluster, t.policy.outlier_detection.as_ref());
     let lb = t.policy.load_balancer.as_ref();
     let locality =

@@ -140,6 +140,9 @@ pub struct ProtocolOptions {
 impl ProtocolOptions {
     /// Upstream HTTP/2 (`explicit_http_config.http2_protocol_options`).
     pub fn set_h2(&mut self) {
+        if self.is_h2() {
+            return;
+        }
         self.upstream = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
@@ -147,6 +150,18 @@ impl ProtocolOptions {
                 )),
             },
         ));
+    }
+
+    /// Whether the upstream is explicitly HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        matches!(
+            &self.upstream,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_)),
+                }
+            ))
+        )
     }
 
     /// Upstream protocol follows the downstream one (unnamed ports, `useClientProtocol`).
