@@ -175,8 +175,20 @@ async fn wait_lds_acked(registry: &Registry, pod: &str) -> ConnectionStatus {
         .expect("the proxy's connection")
 }
 
-/// Every dynamic listener in a config dump (active or warming) by name, with its config and error state.
-fn dumped_listeners(dump: &Value) -> Vec<(String, Value, Option<Value>)> {
+/// A dynamic listener as Envoy holds it.
+#[derive(Debug)]
+struct Held {
+    name: String,
+    /// The active config, else the warming one.
+    config: Value,
+    /// Set when Envoy failed to apply an update.
+    error: Option<Value>,
+    /// Warm (its RDS route arrived) and serving.
+    active: bool,
+}
+
+/// Every dynamic listener in a config dump, active or warming.
+fn dumped_listeners(dump: &Value) -> Vec<Held> {
     let mut out = Vec::new();
     for c in dump["configs"].as_array().into_iter().flatten() {
         if !c["@type"]
@@ -187,28 +199,25 @@ fn dumped_listeners(dump: &Value) -> Vec<(String, Value, Option<Value>)> {
             continue;
         }
         for l in c["dynamic_listeners"].as_array().into_iter().flatten() {
-            let state = if l["active_state"].is_null() {
-                &l["warming_state"]
-            } else {
+            let active = !l["active_state"].is_null();
+            let state = if active {
                 &l["active_state"]
+            } else {
+                &l["warming_state"]
             };
-            let error = (!l["error_state"].is_null()).then(|| l["error_state"].clone());
-            out.push((
-                l["name"].as_str().unwrap_or_default().to_owned(),
-                state["listener"].clone(),
-                error,
-            ));
+            out.push(Held {
+                name: l["name"].as_str().unwrap_or_default().to_owned(),
+                config: state["listener"].clone(),
+                error: (!l["error_state"].is_null()).then(|| l["error_state"].clone()),
+                active,
+            });
         }
     }
     out
 }
 
 /// Polls the dump until `cond` holds on its listeners.
-async fn wait_listeners(
-    envoy: &Envoy,
-    what: &str,
-    cond: impl Fn(&[(String, Value, Option<Value>)]) -> bool,
-) -> Vec<(String, Value, Option<Value>)> {
+async fn wait_listeners(envoy: &Envoy, what: &str, cond: impl Fn(&[Held]) -> bool) -> Vec<Held> {
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
     loop {
         let ls = dumped_listeners(&envoy.config_dump().await);
@@ -218,7 +227,7 @@ async fn wait_listeners(
         assert!(
             tokio::time::Instant::now() < deadline,
             "Envoy never showed {what}; listeners: {:#?}\nlog:\n{}",
-            ls.iter().map(|l| &l.0).collect::<Vec<_>>(),
+            ls.iter().map(|l| (&l.name, l.active)).collect::<Vec<_>>(),
             envoy.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,8 +235,8 @@ async fn wait_listeners(
 }
 
 /// The cluster of `virtualOutbound`'s default chain as Envoy holds it.
-fn outbound_fallthrough(ls: &[(String, Value, Option<Value>)]) -> Option<String> {
-    let (_, l, _) = ls.iter().find(|l| l.0 == "virtualOutbound")?;
+fn outbound_fallthrough(ls: &[Held]) -> Option<String> {
+    let l = &ls.iter().find(|l| l.name == "virtualOutbound")?.config;
     l["default_filter_chain"]["filters"][0]["typed_config"]["cluster"]
         .as_str()
         .map(str::to_owned)
@@ -258,17 +267,27 @@ async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() 
     let mut expected = SIDECAR_LISTENERS.to_vec();
     expected.sort();
     assert_eq!(sent, expected);
-    let ls = wait_listeners(&envoy, "every sidecar listener", |ls| {
+    // Active, not just accepted: the HTTP listeners' RDS routes arrived too.
+    let ls = wait_listeners(&envoy, "every sidecar listener active", |ls| {
         SIDECAR_LISTENERS
             .iter()
-            .all(|n| ls.iter().any(|l| l.0 == *n))
+            .all(|n| ls.iter().any(|l| l.name == *n && l.active))
     })
     .await;
-    for (name, _, error) in &ls {
-        assert!(error.is_none(), "listener {name} in error: {error:?}");
+    for l in &ls {
+        assert!(
+            l.error.is_none(),
+            "listener {} in error: {:?}",
+            l.name,
+            l.error
+        );
     }
     // What Envoy holds is what rudder meant: the TCP split and the inbound chains survived the round trip.
-    let db = &ls.iter().find(|l| l.0 == "127.0.0.20_20306").unwrap().1;
+    let db = &ls
+        .iter()
+        .find(|l| l.name == "127.0.0.20_20306")
+        .unwrap()
+        .config;
     let weighted =
         &db["filter_chains"][0]["filters"][0]["typed_config"]["weighted_clusters"]["clusters"];
     assert_eq!(
@@ -276,7 +295,11 @@ async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() 
         "{db:#}"
     );
     assert_eq!(weighted[1]["weight"], 25);
-    let inbound = &ls.iter().find(|l| l.0 == "virtualInbound").unwrap().1;
+    let inbound = &ls
+        .iter()
+        .find(|l| l.name == "virtualInbound")
+        .unwrap()
+        .config;
     let chains: Vec<&str> = inbound["filter_chains"]
         .as_array()
         .unwrap()
@@ -313,8 +336,13 @@ async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() 
         outbound_fallthrough(ls).as_deref() == Some("BlackHoleCluster")
     })
     .await;
-    for (name, _, error) in &ls {
-        assert!(error.is_none(), "listener {name} in error: {error:?}");
+    for l in &ls {
+        assert!(
+            l.error.is_none(),
+            "listener {} in error: {:?}",
+            l.name,
+            l.error
+        );
     }
     assert!(
         registry
@@ -434,10 +462,10 @@ async fn gateway_listener_routes_real_traffic_to_a_local_server() {
         "two Gateways on one port make one listener"
     );
     let ls = wait_listeners(&envoy, "the gateway listener", |ls| {
-        ls.iter().any(|l| l.0 == name)
+        ls.iter().any(|l| l.name == name)
     })
     .await;
-    assert!(ls.iter().all(|l| l.2.is_none()), "{ls:#?}");
+    assert!(ls.iter().all(|l| l.error.is_none()), "{ls:#?}");
 
     // A request with the VirtualService's host goes through the gateway listener (RDS http.<port>) to the
     // upstream; another host has no route.
@@ -560,11 +588,11 @@ spec:
     wait_lds_acked(&registry, "ingress-1").await;
     let names = [format!("0.0.0.0_{tls_port}"), format!("0.0.0.0_{tcp_port}")];
     let ls = wait_listeners(&envoy, "the passthrough and TCP listeners", |ls| {
-        names.iter().all(|n| ls.iter().any(|l| l.0 == *n))
+        names.iter().all(|n| ls.iter().any(|l| l.name == *n))
     })
     .await;
-    assert!(ls.iter().all(|l| l.2.is_none()), "{ls:#?}");
-    let tls = &ls.iter().find(|l| l.0 == names[0]).unwrap().1;
+    assert!(ls.iter().all(|l| l.error.is_none()), "{ls:#?}");
+    let tls = &ls.iter().find(|l| l.name == names[0]).unwrap().config;
     let sni: Vec<&Value> = tls["filter_chains"]
         .as_array()
         .unwrap()
@@ -618,14 +646,15 @@ async fn envoy_accepts_the_book_example_sidecar_listeners() {
             sent.keys()
         );
     }
-    let ls = wait_listeners(&envoy, "every book listener", |ls| {
-        sent.keys().all(|n| ls.iter().any(|l| l.0 == *n))
+    let ls = wait_listeners(&envoy, "every book listener active", |ls| {
+        sent.keys()
+            .all(|n| ls.iter().any(|l| l.name == *n && l.active))
     })
     .await;
-    assert!(ls.iter().all(|l| l.2.is_none()), "{ls:#?}");
+    assert!(ls.iter().all(|l| l.error.is_none()), "{ls:#?}");
     // The exotic-fruits ServiceEntry (TLS, no address) is reached by SNI on the wildcard listener (next to the
     // ingress gateway's https port, whose Service has no clusterIP in the book's manifests).
-    let tls = &ls.iter().find(|l| l.0 == "0.0.0.0_443").unwrap().1;
+    let tls = &ls.iter().find(|l| l.name == "0.0.0.0_443").unwrap().config;
     let clusters: Vec<(&Value, &Value)> = tls["filter_chains"]
         .as_array()
         .unwrap()
