@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::source::file::FileSource;
+use crate::config::source::kube::{KubeClient, KubeSource};
 use crate::config::store::Store;
 use crate::envoy::Generator;
 use crate::model::builder::{self, Built, Debounce};
@@ -27,6 +28,9 @@ pub struct Config {
     pub xds_addr: Option<SocketAddr>,
     /// How many proxies may compute a push at once.
     pub push_concurrency: usize,
+    /// Kubernetes API client (the kube source); `None` when only files are used.
+    #[serde(skip)]
+    pub kube: Option<KubeClient>,
 }
 
 impl Default for Config {
@@ -37,6 +41,7 @@ impl Default for Config {
             file_settle: Duration::from_millis(50),
             xds_addr: Some(SocketAddr::from(([0, 0, 0, 0], 15010))),
             push_concurrency: 100,
+            kube: None,
         }
     }
 }
@@ -73,6 +78,16 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         );
         let settle = cfg.file_settle;
         tasks.spawn(async move { source.watch(settle).await.context("file watcher") });
+    }
+    if let Some(KubeClient(client)) = cfg.kube.clone() {
+        let mut running = KubeSource::new(client, store.clone(), Default::default()).spawn();
+        tracing::info!(kinds = running.slots, "watching Kubernetes");
+        tasks.spawn(async move {
+            while let Some(done) = running.tasks.join_next().await {
+                done.context("kube watcher")?;
+            }
+            Ok(())
+        });
     }
     let first = builder::build_now(&store, 1);
     tracing::info!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::app;
+use crate::config::source::kube as kube_source;
 use crate::model::builder::Debounce;
 
 /// An Istio-compatible service-mesh control plane serving stock Envoy over ADS.
@@ -40,6 +41,13 @@ struct DiscoveryArgs {
     /// Directory of YAML config (Namespaces, Services, Pods, Istio config, the `istio` ConfigMap), watched.
     #[arg(long, env = "RUDDER_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Kubernetes config file; without it `KUBECONFIG`, `~/.kube/config` or the in-cluster account is used when
+    /// present. Kubernetes and a config directory may be used together.
+    #[arg(long, env = "RUDDER_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Do not watch Kubernetes even when a kubeconfig is found.
+    #[arg(long)]
+    no_kube: bool,
     /// Rebuild once config has been quiet this long (istiod's PILOT_DEBOUNCE_AFTER).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     debounce_quiet: Duration,
@@ -84,15 +92,19 @@ pub fn main() -> ExitCode {
 fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let DiscoveryArgs {
         config_dir,
+        kubeconfig,
+        no_kube,
         debounce_quiet,
         debounce_max,
         once,
         grpc_addr,
         push_concurrency,
     } = args;
-    if config_dir.is_none() {
+    let use_kube = !no_kube && (kubeconfig.is_some() || kube_source::config_available());
+    if config_dir.is_none() && !use_kube {
         anyhow::bail!(
-            "no config source: pass --config-dir DIR (Kubernetes mode is not available yet)"
+            "no config source: pass --config-dir DIR, or give a kubeconfig (--kubeconfig, KUBECONFIG, \
+             ~/.kube/config) or run in a cluster"
         );
     }
     let cfg = app::Config {
@@ -107,6 +119,11 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let mut cfg = cfg;
+        if use_kube {
+            let client = kube_source::client(kubeconfig.as_deref()).await?;
+            cfg.kube = Some(kube_source::KubeClient(client));
+        }
         let bound = app::build(cfg).await?;
         if once {
             let built = bound.snapshots.borrow().clone();

@@ -29,7 +29,7 @@ pub use debounce::debounce;
 pub use metrics::Metrics;
 pub use node::{Proxy, ProxyId, ProxyType};
 pub use registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
-pub use resource::{Generate, PushContext, XdsResource, type_url};
+pub use resource::{Generate, PushContext, ResourceSet, XdsResource, type_url};
 pub use server::{Config, Server};
 
 /// Errors of the xDS module.
