@@ -111,6 +111,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
             xds::Config {
                 addr,
                 push_concurrency: cfg.push_concurrency,
+                ..Default::default()
             },
             ctx_rx,
         );

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod envoy;
 pub mod model;
+pub mod security;
 pub mod xds;
 
 #[cfg(any(test, feature = "testing"))]

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 
 pub use debounce::debounce;
 pub use metrics::Metrics;
-pub use node::{Proxy, ProxyId, ProxyType};
+pub use node::{Authenticate, PeerIdentity, Proxy, ProxyId, ProxyType};
 pub use registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
 pub use resource::{Generate, PushContext, ResourceSet, XdsResource, type_url};
 pub use server::{Config, Server};

@@ -29,10 +29,18 @@ enum ViewKey {
     },
 }
 
+/// Produces the SDS secrets of one proxy. Installed by the app only when the TLS xDS server runs; it is only
+/// asked for proxies whose stream authenticated them ([`Proxy::identity`]).
+pub trait SecretSource: Send + Sync {
+    /// The secrets `proxy` (in `scope`) may have.
+    fn secrets(&self, proxy: &Proxy, scope: &ProxyScope<'_>) -> Vec<Arc<XdsResource>>;
+}
+
 /// The `Generate` implementation for one snapshot.
 pub struct Generator {
     snapshot: Arc<Snapshot>,
     cache: Mutex<HashMap<(&'static str, ViewKey), ResourceSet>>,
+    secrets: Option<Arc<dyn SecretSource>>,
 }
 
 impl Generator {
@@ -41,7 +49,14 @@ impl Generator {
         Generator {
             snapshot,
             cache: Mutex::new(HashMap::new()),
+            secrets: None,
         }
+    }
+
+    /// Serves SDS secrets from `source` (per proxy, never cached here: they depend on the proxy's identity).
+    pub fn with_secrets(mut self, source: Option<Arc<dyn SecretSource>>) -> Self {
+        self.secrets = source;
+        self
     }
 
     /// The snapshot this generator translates.
@@ -107,7 +122,7 @@ fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
             .iter()
             .map(|r| Arc::new(XdsResource::encode(r.name.clone(), r)))
             .collect(),
-        // Secrets come with the identity work; nothing is served for them yet.
+        // Secrets are per proxy identity (see `SecretSource`); never generated without one.
         _ => Vec::new(),
     }
 }
@@ -115,6 +130,15 @@ fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
 impl Generate for Generator {
     fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet {
         let meta = proxy_meta(proxy);
+        if type_url == type_url::SECRET {
+            return match (&self.secrets, &proxy.identity) {
+                (Some(source), Some(_)) => {
+                    let scope = ProxyScope::new(&self.snapshot, meta);
+                    ResourceSet::new(source.secrets(proxy, &scope))
+                }
+                _ => ResourceSet::default(),
+            };
+        }
         let static_type = type_url::PUSH_ORDER
             .iter()
             .copied()

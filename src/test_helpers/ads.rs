@@ -58,6 +58,7 @@ impl TestServer {
             Config {
                 addr,
                 push_concurrency,
+                ..Default::default()
             },
             rx,
         );

@@ -20,7 +20,7 @@ use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
-use super::{Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
+use super::{Authenticate, Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
 /// State shared by every stream of one server.
 pub(crate) struct Shared {
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub drain: watch::Receiver<bool>,
     /// Source of stream ids and nonces.
     pub ids: AtomicU64,
+    /// Authenticates streams (TLS server only).
+    pub authenticator: Option<Arc<dyn Authenticate>>,
 }
 
 impl Shared {
@@ -264,6 +266,7 @@ impl Drop for Registered {
 /// Runs one ADS stream to its end.
 pub(crate) async fn run<F: Flavor>(
     shared: Arc<Shared>,
+    metadata: tonic::metadata::MetadataMap,
     mut inbound: Streaming<F::Request>,
     out: Out<F>,
 ) {
@@ -290,7 +293,20 @@ pub(crate) async fn run<F: Flavor>(
         }
     };
     let proxy = match proxy {
-        Ok(p) => Arc::new(p),
+        Ok(mut p) => {
+            if let Some(auth) = &shared.authenticator {
+                match auth.authenticate(&metadata, &p.id) {
+                    Ok(id) => {
+                        info!(node_id = %p.id, namespace = %id.namespace, service_account = %id.service_account,
+                            "proxy authenticated");
+                        p.identity = Some(id);
+                    }
+                    Err(reason) => warn!(node_id = %p.id, %reason,
+                        "proxy authentication failed: no secrets on this stream"),
+                }
+            }
+            Arc::new(p)
+        }
         Err(status) => {
             info!(%status, "rejecting ADS stream");
             let _ = out.send(Err(status)).await;

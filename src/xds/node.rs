@@ -112,6 +112,29 @@ pub struct Proxy {
     pub metadata: Option<Struct>,
     /// Unique id of the ADS stream this proxy is connected on.
     pub conn_id: u64,
+    /// Who the proxy proved to be with its stream credentials; only a server with an [`Authenticate`]
+    /// hook (the TLS server) ever sets it, and secrets are only generated for proxies that have it.
+    pub identity: Option<PeerIdentity>,
+}
+
+/// A service account a proxy authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerIdentity {
+    /// Kubernetes namespace of the service account.
+    pub namespace: String,
+    /// Service account name.
+    pub service_account: String,
+}
+
+/// Authenticates a stream from its gRPC metadata (e.g. `authorization: Bearer <token>`) and the node id
+/// it presented. The error is the reason, logged by the server; the stream then goes on unauthenticated.
+pub trait Authenticate: Send + Sync {
+    /// The identity proven by `metadata` for the proxy `node`.
+    fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        node: &ProxyId,
+    ) -> Result<PeerIdentity, String>;
 }
 
 impl Proxy {
@@ -122,6 +145,7 @@ impl Proxy {
             cluster: node.cluster.clone(),
             metadata: node.metadata.clone(),
             conn_id,
+            identity: None,
         })
     }
 }

@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::connection::{self, Shared};
 use super::delta::Delta;
 use super::sotw::Sotw;
-use super::{Error, Metrics, PushContext, Registry};
+use super::{Authenticate, Error, Metrics, PushContext, Registry};
 
 /// Responses queued per stream before the stream task waits for Envoy to read: one per type in a push
 /// (five) plus a request-triggered one, with slack; a slow Envoy then slows only its own task.
@@ -34,12 +34,29 @@ const MAX_MESSAGE_SIZE: usize = 64 << 20;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Server settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// Address to bind (`0.0.0.0:15010`; port 0 in tests).
     pub addr: SocketAddr,
     /// How many connections may compute a push at once.
     pub push_concurrency: usize,
+    /// Serve over TLS with this serving certificate (istiod's 15012); `None` is plaintext (15010).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Authenticates each stream ([`Proxy::identity`](super::Proxy::identity)). Only honoured with `tls`:
+    /// credentials on a plaintext connection prove nothing, so a plaintext server never authenticates (and
+    /// so never serves secrets).
+    pub authenticator: Option<Arc<dyn Authenticate>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("push_concurrency", &self.push_concurrency)
+            .field("tls", &self.tls.is_some())
+            .field("authenticator", &self.authenticator.is_some())
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -47,6 +64,8 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([0, 0, 0, 0], 15010)),
             push_concurrency: 100,
+            tls: None,
+            authenticator: None,
         }
     }
 }
@@ -100,7 +119,16 @@ impl Server {
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
         let (drain_tx, drain_rx) = watch::channel(false);
+        let authenticator = match (&self.cfg.tls, self.cfg.authenticator) {
+            (Some(_), auth) => auth,
+            (None, Some(_)) => {
+                warn!(%addr, "ignoring the authenticator of a plaintext xDS server: it never serves secrets");
+                None
+            }
+            (None, None) => None,
+        };
         let shared = Arc::new(Shared {
+            authenticator,
             ctx_rx: self.ctx_rx,
             registry: self.registry.clone(),
             metrics: self.metrics,
@@ -111,7 +139,7 @@ impl Server {
         let svc = AggregatedDiscoveryServiceServer::new(AdsService { shared })
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        info!(%addr, "xDS server listening");
+        info!(%addr, tls = self.cfg.tls.is_some(), "xDS server listening");
         let registry = self.registry;
         let signal = async move {
             shutdown.await;
@@ -129,7 +157,11 @@ impl Server {
                 );
             }
         };
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.cfg.tls {
+            builder = builder.tls_config(tls).map_err(Error::Serve)?;
+        }
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(svc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
@@ -165,7 +197,8 @@ impl AggregatedDiscoveryService for AdsService {
         self.check_open()?;
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         // The task ends with the stream (client gone, drain, or server dropped); the registry tracks it.
-        let task = connection::run::<Sotw>(self.shared.clone(), request.into_inner(), tx);
+        let metadata = request.metadata().clone();
+        let task = connection::run::<Sotw>(self.shared.clone(), metadata, request.into_inner(), tx);
         tokio::spawn(task.instrument(info_span!("ads_stream")));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -176,7 +209,9 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         self.check_open()?;
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let task = connection::run::<Delta>(self.shared.clone(), request.into_inner(), tx);
+        let metadata = request.metadata().clone();
+        let task =
+            connection::run::<Delta>(self.shared.clone(), metadata, request.into_inner(), tx);
         tokio::spawn(task.instrument(info_span!("ads_stream")));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

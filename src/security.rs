@@ -1,0 +1,102 @@
+//! Identity: the built-in CA, SPIFFE ids, proxy authentication and the SDS secrets served to stock Envoy.
+//!
+//! ```text
+//!  Envoy ──TLS 15012, authorization: Bearer <SA token>──▶ xds server ──authenticator──▶ auth (JWKS check,
+//!                                                          │                            node-id namespace)
+//!                                                          ▼
+//!                                             generator (SDS hook) ──▶ sds::SecretIssuer ──▶ ca::Ca
+//!                                                                      (per-proxy cert cache,  (root, plugged
+//!                                                                       half-life rotation)     or self-signed)
+//! ```
+//!
+//! rudder has no istio-agent in the pod, so it issues the workload certificate itself and hands it to Envoy
+//! over SDS — only on the TLS server, and only to a proxy whose service-account token proved its identity.
+//! The plaintext server (15010) never authenticates anyone, so it never serves a secret.
+
+pub mod auth;
+pub mod ca;
+pub mod sds;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use auth::JwtAuthenticator;
+pub use ca::{Ca, CaSource, Issued};
+pub use sds::SecretIssuer;
+
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// A SPIFFE id as Istio spells it: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    /// Trust domain (`cluster.local`).
+    pub trust_domain: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Kubernetes service account.
+    pub service_account: String,
+}
+
+impl SpiffeId {
+    /// The id of `namespace/service_account` in `trust_domain`.
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        SpiffeId {
+            trust_domain: trust_domain.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::BadSpiffeId(s.to_owned());
+        let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts[..] {
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                Ok(SpiffeId::new(td, ns, sa))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Errors of the security module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A string is not `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    #[error("invalid SPIFFE id {0:?} (expected spiffe://<trust-domain>/ns/<ns>/sa/<sa>)")]
+    BadSpiffeId(String),
+    /// Reading or writing a CA or JWKS file failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// A PEM file holds no usable certificate or key.
+    #[error("{0}: {1}")]
+    BadPem(PathBuf, String),
+    /// Generating or signing a certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[source] rcgen::Error),
+    /// The plugged-in CA files do not fit together.
+    #[error("plugged-in CA in {0}: {1}")]
+    BadCa(PathBuf, String),
+    /// The JWKS file cannot be used.
+    #[error("JWKS {0}: {1}")]
+    BadJwks(PathBuf, String),
+}
