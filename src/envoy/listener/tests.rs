@@ -12,7 +12,7 @@ use prost::Message;
 
 use super::listeners;
 use crate::model::Snapshot;
-use crate::test_helpers::mesh::{router, sidecar, snapshot_from_yaml};
+use crate::test_helpers::mesh::{objects_from_yaml, router, sidecar, snapshot_from_yaml};
 
 /// A namespace `shop` with the sidecar pod `app-1` (10.0.0.5), HTTP, TCP and mixed services, and two
 /// ServiceEntries (TLS by DNS without address, Mongo on a CIDR).
@@ -912,4 +912,65 @@ spec:
         tcp_dest(&l.filter_chains[0]),
         [("outbound|443||api.example.com".into(), 0)]
     );
+}
+
+#[test]
+fn book_example_listeners_keep_envoys_invariants() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/micro-shake-factory");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let objects: Vec<_> = files
+        .iter()
+        .flat_map(|f| objects_from_yaml(&std::fs::read_to_string(f).unwrap()))
+        .collect();
+    let snap = Snapshot::build(1, &objects, Vec::new());
+    let mut scopes: Vec<_> = snap
+        .workloads
+        .iter()
+        .filter(|w| w.namespace == "micro-shake-factory")
+        .map(|w| sidecar(&snap, &w.namespace, &w.name))
+        .collect();
+    assert!(scopes.len() >= 6, "the book has six app pods");
+    scopes.push(router(
+        &snap,
+        "istio-system",
+        "istio-ingressgateway-5d8d9b9c7-x2x4p",
+        &[],
+    ));
+    for scope in &scopes {
+        let ls = listeners(scope);
+        let mut names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            ls.len(),
+            "{}: duplicate listener names",
+            scope.meta.pod
+        );
+        for l in &ls {
+            assert!(
+                !l.filter_chains.is_empty() || l.default_filter_chain.is_some(),
+                "{}: {} has no chain",
+                scope.meta.pod,
+                l.name
+            );
+            let mut seen = Vec::new();
+            for c in &l.filter_chains {
+                let m = c.filter_chain_match.clone().unwrap_or_default();
+                assert!(!seen.contains(&m), "{}: duplicate match {m:?}", l.name);
+                seen.push(m);
+            }
+        }
+    }
+    // The gateway serves the book's two Gateways (both on port 80) from one listener.
+    let gw = listeners(scopes.last().unwrap());
+    assert_eq!(
+        gw.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["0.0.0.0_80"]
+    );
+    assert_eq!(config_refs(gw[0].metadata.as_ref()).len(), 2);
 }
