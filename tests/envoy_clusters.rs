@@ -8,6 +8,9 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use rudder::app;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dynamic_resources};
@@ -488,4 +491,263 @@ async fn every_cluster_shape_is_accepted() {
         .count();
     assert!(sent >= 9, "EDS assignments active: {sent}");
     rudder.shutdown().await;
+}
+
+/// One backend pod standing in for the application: answers with its name (or `status`), counting requests.
+struct Backend {
+    hits: Arc<AtomicUsize>,
+}
+
+/// Starts backends on `127.0.3.<i+1>:<port>` (one port for all, as pods of one Deployment share it). Each answers
+/// its name with the given status.
+async fn backends(statuses: &[u16]) -> (u16, Vec<Backend>) {
+    'retry: for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind("127.0.3.1:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for i in 1..statuses.len() {
+            match tokio::net::TcpListener::bind(format!("127.0.3.{}:{port}", i + 1)).await {
+                Ok(l) => listeners.push(l),
+                Err(_) => continue 'retry,
+            }
+        }
+        let mut out = Vec::new();
+        for (i, (listener, status)) in listeners.into_iter().zip(statuses).enumerate() {
+            let hits = Arc::new(AtomicUsize::new(0));
+            let counter = hits.clone();
+            let name = format!("backend-{}", i + 1);
+            let status = axum::http::StatusCode::from_u16(*status).unwrap();
+            let app = axum::Router::new().fallback(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let name = name.clone();
+                async move { (status, name) }
+            });
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            out.push(Backend { hits });
+        }
+        return (port, out);
+    }
+    panic!("no common free port on 127.0.3.x");
+}
+
+/// A gateway pod, two backend pods behind Service `backend` (port 20080), a Gateway on `gw_port` and a
+/// VirtualService routing `backend.example.com` to it, plus the DestinationRule `dr_spec`.
+fn traffic_yaml(app_port: u16, gw_port: u16, dr_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers: [{{name: istio-proxy}}]
+status: {{phase: Running, podIP: 127.0.3.100}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
+spec:
+  containers: [{{name: b, ports: [{{name: http, containerPort: {app_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.3.1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: backend-2, namespace: shop, labels: {{app: backend}}}}
+spec:
+  containers: [{{name: b, ports: [{{name: http, containerPort: {app_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.3.2}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: shop}}
+spec:
+  clusterIP: 127.0.3.200
+  selector: {{app: backend}}
+  ports: [{{name: http, port: 20080, targetPort: http}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: [backend.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend, namespace: shop}}
+spec:
+  hosts: [backend.example.com]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {{host: backend, port: {{number: 20080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend, namespace: shop}}
+spec:
+  host: backend
+{dr_spec}"#
+    )
+}
+
+const BACKEND_CLUSTER: &str = "outbound|20080||backend.shop.svc.cluster.local";
+
+/// Rudder and a gateway Envoy serving `traffic_yaml`, once a request through the gateway succeeds.
+async fn gateway_with_traffic(
+    dir: &Path,
+    app_port: u16,
+    dr_spec: &str,
+) -> (app::Bound, Envoy, String) {
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("mesh.yml"),
+        traffic_yaml(app_port, gw_port, dr_spec),
+    )
+    .unwrap();
+    let rudder = start(dir).await;
+    let envoy = Envoy::start(&bootstrap(
+        "router~127.0.3.100~ingress-1.istio-system~istio-system.svc.cluster.local",
+        "istio-ingressgateway.istio-system",
+        rudder.xds_addr.unwrap(),
+        AdsApi::Grpc,
+    ))
+    .await;
+    wait_acked(rudder.xds_registry.as_ref().unwrap(), "ingress-1").await;
+    let url = format!("http://127.0.0.1:{gw_port}/");
+    let c = client();
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        if let Ok(r) = c
+            .get(&url)
+            .header("host", "backend.example.com")
+            .send()
+            .await
+            && r.status() != 404
+            && r.headers().contains_key("server")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never routed; log:\n{}",
+            envoy.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (rudder, envoy, url)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// (status, body) of one request through the gateway.
+async fn call(c: &reqwest::Client, url: &str, user: Option<&str>) -> (u16, String) {
+    let mut req = c.get(url).header("host", "backend.example.com");
+    if let Some(u) = user {
+        req = req.header("x-user", u);
+    }
+    let resp = req.send().await.expect("request through the gateway");
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_user_on_one_backend() {
+    let (port, _backends) = backends(&[200, 200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dr = "  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user, minimumRingSize: 1024}\n";
+    let (rudder, envoy, url) = gateway_with_traffic(dir.path(), port, dr).await;
+    let dump = envoy.config_dump().await;
+    assert_eq!(
+        dumped_cluster(&dump, BACKEND_CLUSTER)["lb_policy"],
+        "RING_HASH"
+    );
+
+    let c = client();
+    let mut seen = BTreeSet::new();
+    for i in 0..16 {
+        let user = format!("user-{i}");
+        let (status, first) = call(&c, &url, Some(&user)).await;
+        assert_eq!(status, 200, "{first}");
+        for _ in 0..5 {
+            let (_, again) = call(&c, &url, Some(&user)).await;
+            assert_eq!(again, first, "{user} moved from {first} to {again}");
+        }
+        seen.insert(first);
+    }
+    // The hash really spreads users (16 users on one of two backends by chance: 2^-15).
+    assert_eq!(seen.len(), 2, "users spread over both backends: {seen:?}");
+    drop(envoy);
+    rudder.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn book_outlier_detection_ejects_a_failing_backend() {
+    // backend-1 answers 503 (a gateway error, which the book's `consecutiveErrors` counts); backend-2 is healthy.
+    let (port, backends) = backends(&[503, 200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dr = "  trafficPolicy:\n    connectionPool:\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}\n";
+    let (rudder, envoy, url) = gateway_with_traffic(dir.path(), port, dr).await;
+    let c = client();
+    // Until backend-1 has failed once, requests may reach it.
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    while backends[0].hits.load(Ordering::SeqCst) == 0 {
+        call(&c, &url, None).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend-1 never got a request"
+        );
+    }
+    let stats = envoy
+        .wait_admin(
+            &format!(
+                "/stats?filter=^cluster.{}.outlier_detection.ejections_enforced_total$",
+                regex_escape(BACKEND_CLUSTER)
+            ),
+            ADMIN_TIMEOUT,
+            |b| {
+                b.trim()
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+            },
+        )
+        .await;
+    // Ejected for 3 minutes: from now on every request is served by backend-2.
+    let failing_hits = backends[0].hits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        let (status, body) = call(&c, &url, None).await;
+        assert_eq!((status, body.as_str()), (200, "backend-2"), "{stats}");
+    }
+    assert_eq!(
+        backends[0].hits.load(Ordering::SeqCst),
+        failing_hits,
+        "ejected backend got traffic"
+    );
+    drop(envoy);
+    rudder.shutdown().await;
+}
+
+/// Escapes regex metacharacters (cluster names contain `|` and `.`) for Envoy's `/stats?filter=`.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "|.*+?()[]{}^$\\".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
