@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::source::file::FileSource;
 use crate::config::source::kube::{KubeClient, KubeSource};
 use crate::config::store::Store;
 use crate::envoy::Generator;
+use crate::envoy::generator::SecretSource;
 use crate::model::builder::{self, Built, Debounce};
+use crate::security::{self, SecretIssuer};
 use crate::xds::{self, PushContext};
 
 /// Settings for `rudder discovery`.
@@ -31,6 +33,8 @@ pub struct Config {
     /// Kubernetes API client (the kube source); `None` when only files are used.
     #[serde(skip)]
     pub kube: Option<KubeClient>,
+    /// TLS ADS (istiod's 15012) with the CA, SDS secrets and proxy authentication; `None` disables it.
+    pub identity: Option<security::Config>,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             xds_addr: Some(SocketAddr::from(([0, 0, 0, 0], 15010))),
             push_concurrency: 100,
             kube: None,
+            identity: None,
         }
     }
 }
@@ -56,6 +61,12 @@ pub struct Bound {
     /// Connection state of every proxy (for the debug API and tests).
     pub xds_registry: Option<Arc<xds::Registry>>,
     pub xds_metrics: Option<Arc<xds::Metrics>>,
+    /// Where TLS ADS (the only server that serves secrets) is served, when identity is on.
+    pub xds_tls_addr: Option<SocketAddr>,
+    /// Connection state of the TLS server's proxies.
+    pub xds_tls_registry: Option<Arc<xds::Registry>>,
+    /// The CA and the proxies' certificates, when identity is on.
+    pub secret_issuer: Option<Arc<SecretIssuer>>,
     shutdown: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
@@ -104,16 +115,34 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
     });
     let (shutdown, _) = watch::channel(false);
     let (mut xds_addr, mut xds_registry, mut xds_metrics) = (None, None, None);
+    let identity = cfg
+        .identity
+        .as_ref()
+        .map(security::load)
+        .transpose()
+        .context("identity (CA, JWKS) loads")?;
+    let (ctx_tx, ctx_rx) = watch::channel(None);
+    // Wakes the publisher without a new snapshot: certificate rotation and CA changes.
+    let republish = Arc::new(Notify::new());
+    if cfg.xds_addr.is_some() || identity.is_some() {
+        let secrets = identity
+            .as_ref()
+            .map(|i| i.issuer.clone() as Arc<dyn SecretSource>);
+        tasks.spawn(publish_push_contexts(
+            rx.clone(),
+            ctx_tx,
+            secrets,
+            republish.clone(),
+        ));
+    }
     if let Some(addr) = cfg.xds_addr {
-        let (ctx_tx, ctx_rx) = watch::channel(None);
-        tasks.spawn(publish_push_contexts(rx.clone(), ctx_tx));
         let server = xds::Server::new(
             xds::Config {
                 addr,
                 push_concurrency: cfg.push_concurrency,
                 ..Default::default()
             },
-            ctx_rx,
+            ctx_rx.clone(),
         );
         let (listener, bound) = server.bind().await?;
         tracing::info!(addr = %bound, "serving ADS (plaintext)");
@@ -128,32 +157,84 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
             server.serve(listener, stopped).await.context("xDS server")
         });
     }
+    let (mut xds_tls_addr, mut xds_tls_registry, mut secret_issuer) = (None, None, None);
+    if let (Some(id_cfg), Some(loaded)) = (&cfg.identity, identity) {
+        let issuer = loaded.issuer.clone();
+        let server = xds::Server::new(
+            xds::Config {
+                addr: id_cfg.tls_addr,
+                push_concurrency: cfg.push_concurrency,
+                tls: Some(loaded.tls),
+                authenticator: Some(loaded.authenticator),
+            },
+            ctx_rx,
+        );
+        let (listener, bound) = server.bind().await?;
+        tracing::info!(addr = %bound, "serving ADS (TLS, secrets to authenticated proxies)");
+        xds_tls_addr = Some(bound);
+        xds_tls_registry = Some(server.registry());
+        secret_issuer = Some(issuer.clone());
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            server.serve(listener, stopped).await.context("TLS xDS server")
+        });
+        let wake = republish.clone();
+        tasks.spawn(async move {
+            issuer.run_rotation(move || wake.notify_one()).await;
+            Ok(())
+        });
+    }
     Ok(Bound {
         store,
         snapshots: rx,
         xds_addr,
         xds_registry,
         xds_metrics,
+        xds_tls_addr,
+        xds_tls_registry,
+        secret_issuer,
         shutdown,
         tasks,
     })
 }
 
-/// Turns each new snapshot into a push generation for the xDS server.
+/// Turns each new snapshot into a push generation for the xDS servers. `republish` re-sends the current
+/// generation (same version and generator, so unchanged resources cost nothing) for secrets that changed
+/// without a snapshot: a renewed certificate or a new CA.
 async fn publish_push_contexts(
     mut snapshots: watch::Receiver<Arc<Built>>,
     tx: watch::Sender<Option<Arc<PushContext>>>,
+    secrets: Option<Arc<dyn SecretSource>>,
+    republish: Arc<Notify>,
 ) -> anyhow::Result<()> {
     loop {
         let built = snapshots.borrow_and_update().clone();
-        let generator = Arc::new(Generator::new(built.snapshot.clone()));
+        let generator =
+            Arc::new(Generator::new(built.snapshot.clone()).with_secrets(secrets.clone()));
         let ctx = PushContext::new(
             built.snapshot.version,
-            generator,
+            generator.clone(),
             built.changes.endpoints_only(),
         );
-        if tx.send(Some(Arc::new(ctx))).is_err() || snapshots.changed().await.is_err() {
+        if tx.send(Some(Arc::new(ctx))).is_err() {
             return Ok(());
+        }
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return Ok(()),
+                },
+                _ = republish.notified() => {
+                    let ctx = PushContext::new(built.snapshot.version, generator.clone(), false);
+                    if tx.send(Some(Arc::new(ctx))).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 }

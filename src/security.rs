@@ -20,8 +20,11 @@ pub mod sds;
 pub mod testing;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use auth::JwtAuthenticator;
 pub use ca::{Ca, CaSource, Issued};
@@ -29,6 +32,77 @@ pub use sds::SecretIssuer;
 
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Identity settings: the TLS xDS server (istiod's 15012), the CA, and how proxies authenticate.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Config {
+    /// Address of the TLS xDS server (`0.0.0.0:15012`).
+    pub tls_addr: SocketAddr,
+    /// Where the CA comes from.
+    pub ca: CaSource,
+    /// Trust domain of issued SPIFFE ids.
+    pub trust_domain: String,
+    /// Workload certificate lifetime (renewed at half-life).
+    pub workload_ttl: Duration,
+    /// The cluster token issuer's JWKS (JSON file, e.g. from `/openid/v1/jwks`).
+    pub jwks: PathBuf,
+    /// Accepted token audiences.
+    pub audiences: Vec<String>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Namespace rudder runs in: the serving certificate names `istiod.<ns>.svc` and `rudder.<ns>.svc`.
+    pub root_namespace: String,
+}
+
+impl Config {
+    /// Istio's defaults with the CA state kept in `state_dir` and tokens checked against `jwks`.
+    pub fn new(state_dir: PathBuf, jwks: PathBuf) -> Self {
+        Config {
+            tls_addr: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            ca: CaSource::SelfSigned { state_dir },
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            workload_ttl: ca::DEFAULT_WORKLOAD_TTL,
+            jwks,
+            audiences: vec![auth::DEFAULT_AUDIENCE.to_owned()],
+            issuer: None,
+            root_namespace: "istio-system".to_owned(),
+        }
+    }
+
+    /// DNS names of the xDS serving certificate.
+    pub fn serving_names(&self) -> Vec<String> {
+        ["istiod", "rudder"]
+            .iter()
+            .map(|svc| format!("{svc}.{}.svc", self.root_namespace))
+            .collect()
+    }
+}
+
+/// The loaded identity components, ready to wire into the TLS xDS server and the generator.
+pub struct Loaded {
+    /// Issues and rotates the proxies' secrets.
+    pub issuer: Arc<SecretIssuer>,
+    /// Verifies the proxies' service-account tokens.
+    pub authenticator: Arc<JwtAuthenticator>,
+    /// TLS settings of the xDS server, with a serving certificate from the CA.
+    pub tls: tonic::transport::ServerTlsConfig,
+}
+
+/// Loads (or creates) the CA and the JWKS and issues the serving certificate.
+pub fn load(cfg: &Config) -> Result<Loaded, Error> {
+    let ca = Ca::load(&cfg.ca, &cfg.trust_domain, cfg.workload_ttl)?;
+    let serving = ca.issue_serving(&cfg.serving_names())?;
+    let authenticator =
+        JwtAuthenticator::from_file(&cfg.jwks, cfg.audiences.clone(), cfg.issuer.clone())?;
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&serving.chain_pem, &serving.key_pem),
+    );
+    Ok(Loaded {
+        issuer: Arc::new(SecretIssuer::new(ca, Some(cfg.ca.clone()))),
+        authenticator: Arc::new(authenticator),
+        tls,
+    })
+}
 
 /// A SPIFFE id as Istio spells it: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
