@@ -1,5 +1,8 @@
-//! Command-line interface: argument parsing and the subcommands (`discovery`, `validate`, `version`).
+//! Command-line interface: argument parsing and the subcommands (`discovery`, `validate`, `bootstrap`, `iptables`,
+//! `version`).
 
+mod bootstrap;
+mod iptables;
 mod validate;
 
 use std::path::PathBuf;
@@ -32,6 +35,10 @@ enum Command {
     Discovery(DiscoveryArgs),
     /// Validate config files: exit 0 when valid, 1 when invalid, 2 when unreadable.
     Validate(validate::Args),
+    /// Render the Envoy bootstrap for a sidecar or gateway pod.
+    Bootstrap(bootstrap::Args),
+    /// Print, install or remove the sidecar's traffic-capture iptables rules.
+    Iptables(iptables::Args),
     /// Print the version.
     Version,
 }
@@ -79,6 +86,8 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate::run(args),
+        Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Iptables(args) => iptables::run(args),
         Command::Discovery(args) => match discovery(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

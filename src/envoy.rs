@@ -3,6 +3,7 @@
 //!
 //! Envoy types are imported under short aliases at the top of each generator file.
 
+pub mod bootstrap;
 pub mod cluster;
 pub mod endpoint;
 pub mod generator;

@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod envoy;
+pub mod inject;
 pub mod model;
 pub mod security;
 pub mod xds;

@@ -1,0 +1,420 @@
+//! The book's scenarios (`../shared/book/scenarios.md` §3), each with its expected output and a negative case.
+//! A scenario returns what it observed: `Ok` when the expectation held, `Err` otherwise.
+
+use crate::cluster::wait_until;
+use crate::mesh::{Mesh, Reply};
+use std::time::Duration;
+
+const NS: &str = "micro-shake-factory";
+const FRUITS: &str = "fruits.istio-succinctly.io";
+const JUICE: &str = "juice-shop.istio-succinctly.io";
+
+/// A scenario: name, and the function running it against the mesh.
+pub type Scenario = (&'static str, fn(&mut Mesh) -> Result<String, String>);
+
+/// Every scenario in the order they run (later ones build on the state earlier ones leave).
+pub const ALL: &[Scenario] = &[
+    ("S1 control plane and ingress gateway up", s1),
+    ("S2 sidecar injection", s2),
+    ("S3 gateway + VirtualService", s3),
+    ("S6 juice-shop gateway", s6),
+    ("S8 in-mesh service-to-service call", s8),
+    ("S9 header-based routing", s9),
+    ("CL50 prefix rewrite to v2", cl50),
+    ("S11 canary 90/10", s11),
+    ("S13 mirroring", s13),
+    ("S10 fault injection", s10),
+    ("S12 resilience", s12),
+];
+
+fn short(r: &Result<Reply, String>) -> String {
+    match r {
+        Ok(r) => format!(
+            "{} {}",
+            r.status,
+            r.body.chars().take(120).collect::<String>()
+        ),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Polls the gateway until the reply matches (config may still be on its way to Envoy), up to 15 s.
+fn expect(
+    mesh: &Mesh,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    want: impl Fn(&Reply) -> bool,
+) -> Result<String, String> {
+    let mut last = String::new();
+    let got = wait_until(Duration::from_secs(15), || {
+        let r = mesh.gateway_request(method, host, path, headers, body);
+        last = short(&r);
+        r.ok().filter(&want)
+    });
+    match got {
+        Some(r) => Ok(format!("{} {}", r.status, r.body)),
+        None => Err(last),
+    }
+}
+
+fn s1(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.nacks()?;
+    let connected = mesh.connected();
+    if !connected
+        .iter()
+        .any(|p| p == "istio-ingressgateway-0.istio-system")
+    {
+        return Err(format!(
+            "gateway not connected to rudder (connected: {connected:?})"
+        ));
+    }
+    // Negative: with no Gateway config nothing routes yet.
+    let r = mesh.gateway_request("GET", FRUITS, "/api/fruits/special", &[], None);
+    if matches!(&r, Ok(r) if r.status == 200) {
+        return Err(format!(
+            "gateway routed before any Gateway existed: {}",
+            short(&r)
+        ));
+    }
+    Ok(format!(
+        "gateway ready and connected, no NACKs; unconfigured request → {}",
+        short(&r)
+    ))
+}
+
+fn s2(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-3/fruits-api.yml")?;
+    let pods = mesh.pods_of(NS, "fruits-api-deployment-v1");
+    let names: Vec<String> = pods.iter().flat_map(|p| p.containers.clone()).collect();
+    let listing = names.join(" ");
+    if listing != "fruits-api istio-proxy fruits-api istio-proxy" {
+        return Err(format!("containers: {listing}"));
+    }
+    let connected = mesh.connected();
+    for p in &pods {
+        let key = format!("{}.{}", p.name, p.namespace);
+        if !connected.contains(&key) {
+            return Err(format!("{key} not connected to rudder"));
+        }
+    }
+    // The capture is real: a request to the app's port from outside the pod passes its sidecar (inbound 15006).
+    let ip = pods[0].net.ip;
+    let r = mesh.request(
+        "GET",
+        &format!("http://{ip}:3000/api/fruits/special"),
+        None,
+        &[],
+        None,
+    )?;
+    let via_envoy = r.headers.contains_key("x-envoy-upstream-service-time")
+        || r.headers.get("server").is_some_and(|s| s == "istio-envoy");
+    if r.status != 200 || !via_envoy {
+        return Err(format!(
+            "direct call to {ip}:3000 → {} {} headers {:?} (not through the sidecar)",
+            r.status, r.body, r.headers
+        ));
+    }
+    Ok(format!("{listing}; {ip}:3000 answered through the sidecar"))
+}
+
+fn s3(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-3/fruits-api-vs-gw.yml")?;
+    let ok = expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, |r| {
+        r.status == 200 && r.body == r#"{"ver":"1","fruit":"Mango"}"#
+    })?;
+    let neg = mesh.gateway_request(
+        "GET",
+        "other.istio-succinctly.io",
+        "/api/fruits/special",
+        &[],
+        None,
+    );
+    match &neg {
+        Ok(r) if r.status == 404 => Ok(format!("{ok}; wrong Host → 404")),
+        _ => Err(format!("{ok}; but wrong Host → {}", short(&neg))),
+    }
+}
+
+fn s6(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-4-5/juice-shop-api.yml")?;
+    mesh.apply_book("chapter-4-5/juice-shop-api-vs-gw.yml")?;
+    let ok = expect(
+        mesh,
+        "GET",
+        JUICE,
+        "/api/juice-shop/hello",
+        &[],
+        None,
+        |r| r.status == 200 && r.body == "Welcome to the Juice Shop!",
+    )?;
+    let neg = mesh.gateway_request(
+        "GET",
+        "juice-shop.example.com",
+        "/api/juice-shop/hello",
+        &[],
+        None,
+    );
+    match &neg {
+        Ok(r) if r.status == 404 => Ok(format!("{ok}; wrong Host → 404")),
+        _ => Err(format!("{ok}; but wrong Host → {}", short(&neg))),
+    }
+}
+
+fn s8(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-4-5/fruits-api-vs.yml")?;
+    let headers = [("content-type", "application/json"), ("country", "au")];
+    let ok = expect(
+        mesh,
+        "POST",
+        JUICE,
+        "/api/juice-shop/blender",
+        &headers,
+        Some(r#"{"fruits":["kiwi","mandarin"]}"#),
+        |r| r.status == 200 && r.body == r#"{"juice":"kiwi-mandarin juice","price":4.9}"#,
+    )?;
+    // Negative (CL 143): mango is not sold in au → fruits-api 404 → juice-shop 409.
+    let neg = mesh.gateway_request(
+        "POST",
+        JUICE,
+        "/api/juice-shop/blender",
+        &headers,
+        Some(r#"{"fruits":["kiwi","mango"]}"#),
+    );
+    match &neg {
+        Ok(r)
+            if r.status == 409
+                && r.body
+                    .contains("please only select fruits available in your region") =>
+        {
+            Ok(format!("{ok}; kiwi+mango → 409"))
+        }
+        _ => Err(format!("{ok}; but kiwi+mango → {}", short(&neg))),
+    }
+}
+
+/// Counts `ver` values of fruits replies.
+fn versions(replies: &[Result<Reply, String>]) -> (usize, usize, usize) {
+    let (mut v1, mut v2, mut other) = (0, 0, 0);
+    for r in replies {
+        match r {
+            Ok(r) if r.status == 200 && r.body == r#"{"ver":"1","fruit":"Mango"}"# => v1 += 1,
+            Ok(r) if r.status == 200 && r.body == r#"{"ver":"2","fruit":"Orange"}"# => v2 += 1,
+            _ => other += 1,
+        }
+    }
+    (v1, v2, other)
+}
+
+fn s9(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-4-5/fruits-api-versioned.yml")?;
+    mesh.apply_book("chapter-4-5/fruits-api-dr-vs-gw.yml")?;
+    expect(
+        mesh,
+        "GET",
+        FRUITS,
+        "/api/fruits/special",
+        &[("version", "2")],
+        None,
+        |r| r.body == r#"{"ver":"2","fruit":"Orange"}"#,
+    )?;
+    let plain = versions(&mesh.gateway_burst(FRUITS, "/api/fruits/special", &[], 20, 5));
+    let v2 =
+        versions(&mesh.gateway_burst(FRUITS, "/api/fruits/special", &[("version", "2")], 20, 5));
+    // Negative: a header value that matches nothing takes the default (v1).
+    let v3 =
+        versions(&mesh.gateway_burst(FRUITS, "/api/fruits/special", &[("version", "3")], 10, 5));
+    let obs = format!("no header v1/v2/other={plain:?}; version:2 → {v2:?}; version:3 → {v3:?}");
+    if plain == (20, 0, 0) && v2 == (0, 20, 0) && v3 == (10, 0, 0) {
+        Ok(obs)
+    } else {
+        Err(obs)
+    }
+}
+
+fn cl50(mesh: &mut Mesh) -> Result<String, String> {
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: fruits-api-vservice
+  namespace: {NS}
+spec:
+  hosts: [{FRUITS}]
+  gateways: [fruits-api-gateway]
+  http:
+  - match:
+    - uri:
+        prefix: /api/v2/fruits/
+    rewrite:
+      uri: /api/fruits/
+    route:
+    - destination: {{host: fruits-api-service, port: {{number: 80}}, subset: v2}}
+  - route:
+    - destination: {{host: fruits-api-service, port: {{number: 80}}, subset: v1}}
+"#
+    );
+    mesh.apply_yaml(&yaml)?;
+    let ok = expect(
+        mesh,
+        "GET",
+        FRUITS,
+        "/api/v2/fruits/special",
+        &[],
+        None,
+        |r| r.body == r#"{"ver":"2","fruit":"Orange"}"#,
+    )?;
+    // Negative: without the prefix the default route (v1) answers, and the unrewritten path is not the app's.
+    let neg = mesh.gateway_request("GET", FRUITS, "/api/fruits/special", &[], None);
+    match &neg {
+        Ok(r) if r.body == r#"{"ver":"1","fruit":"Mango"}"# => Ok(format!(
+            "/api/v2/fruits/special → {ok}; /api/fruits/special → v1"
+        )),
+        _ => Err(format!("{ok}; but /api/fruits/special → {}", short(&neg))),
+    }
+}
+
+fn s11(mesh: &mut Mesh) -> Result<String, String> {
+    // The book's weights (CL 79: v1 90, v2 10); the repository file has them reversed.
+    let text = std::fs::read_to_string(
+        crate::mesh::book_dir().join("chapter-4-5/fruits-api-dr-vs-gw-canary.yml"),
+    )
+    .map_err(|e| e.to_string())?;
+    let fixed = text
+        .replacen(
+            "subset: v1\n          weight: 10",
+            "subset: v1\n          weight: 90",
+            1,
+        )
+        .replacen(
+            "subset: v2\n          weight: 90",
+            "subset: v2\n          weight: 10",
+            1,
+        );
+    if fixed == text {
+        return Err("canary manifest did not have the expected weights to swap".into());
+    }
+    mesh.apply_yaml(&fixed)?;
+    let replies = mesh.gateway_burst(FRUITS, "/api/fruits/special", &[], 200, 20);
+    let (v1, v2, other) = versions(&replies);
+    let obs = format!("N=200: v1={v1} v2={v2} other={other} (gate v2 in [6,34])");
+    if other == 0 && (6..=34).contains(&v2) {
+        Ok(obs)
+    } else {
+        Err(obs)
+    }
+}
+
+fn s13(mesh: &mut Mesh) -> Result<String, String> {
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: fruits-api-vservice
+  namespace: {NS}
+spec:
+  hosts: [{FRUITS}]
+  gateways: [fruits-api-gateway]
+  http:
+  - route:
+    - destination: {{host: fruits-api-service, port: {{number: 80}}, subset: v1}}
+    mirror: {{host: fruits-api-service, port: {{number: 80}}, subset: v2}}
+"#
+    );
+    mesh.apply_yaml(&yaml)?;
+    let marker = format!("/api/fruits/special?mirror-probe={}", std::process::id());
+    expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, |r| {
+        r.body == r#"{"ver":"1","fruit":"Mango"}"#
+    })?;
+    let replies = mesh.gateway_burst(FRUITS, &marker, &[], 20, 5);
+    let (v1, v2, other) = versions(&replies);
+    // The v2 pods log each request: the copies arrive with the `-shadow` authority.
+    let shadow = format!("{FRUITS}-shadow");
+    let seen = wait_until(Duration::from_secs(10), || {
+        let n: usize = mesh
+            .pods_of(NS, "fruits-api-deployment-v2")
+            .iter()
+            .map(|p| {
+                mesh.cluster
+                    .log_tail(&format!("{}-app", p.name), 500)
+                    .lines()
+                    .filter(|l| l.contains(&shadow) && l.contains("mirror-probe"))
+                    .count()
+            })
+            .sum();
+        (n >= 20).then_some(n)
+    });
+    let obs = format!(
+        "client saw v1={v1} v2={v2} other={other}; v2 pods got {seen:?} copies with Host {shadow}"
+    );
+    if v1 == 20 && seen.is_some() {
+        Ok(obs)
+    } else {
+        Err(obs)
+    }
+}
+
+fn s10(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-4-5/fruits-api-dr-vs-gw-test-fault.yml")?;
+    // Wait until the fault is active (a 500 with Envoy's abort body shows up).
+    expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, |r| {
+        r.status == 500 && r.body == "fault filter abort"
+    })?;
+    // All 200 at once: 40% of them wait 5 s, so in parallel the burst takes about 5 s.
+    let replies = mesh.gateway_burst(FRUITS, "/api/fruits/special", &[], 200, 200);
+    let aborted = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status == 500 && r.body == "fault filter abort"))
+        .count();
+    let ok = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status == 200))
+        .count();
+    let delayed = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.elapsed >= Duration::from_millis(4500)))
+        .count();
+    let obs = format!(
+        "N=200: 500s={aborted} (gate [97,143]), 200s={ok}, delayed≥4.5s={delayed} (gate [57,103])"
+    );
+    if (97..=143).contains(&aborted) && (57..=103).contains(&delayed) && aborted + ok == 200 {
+        return Ok(obs);
+    }
+    // Show what the gateway was configured with.
+    let fault = mesh
+        .gateway
+        .as_ref()
+        .map(|gw| mesh.envoy_admin(gw, "/config_dump?resource=dynamic_route_configs"))
+        .unwrap_or_default();
+    let fault: String = fault
+        .find("fault")
+        .map(|i| {
+            fault[i.saturating_sub(200)..(i + 800).min(fault.len())]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Err(format!("{obs}; gateway fault config: {fault}"))
+}
+
+fn s12(mesh: &mut Mesh) -> Result<String, String> {
+    mesh.apply_book("chapter-4-5/juice-shop-api-vs-gw.yml")?;
+    let lucky = |replies: &[Result<Reply, String>]| {
+        replies
+            .iter()
+            .filter(|r| matches!(r, Ok(r) if r.status == 200 && r.body == "Lucky"))
+            .count()
+    };
+    let before = lucky(&mesh.gateway_burst(JUICE, "/api/juice-shop/testMyLuck", &[], 50, 1));
+    mesh.apply_book("chapter-4-5/juice-shop-api-dr-vs-gw-resilience.yml")?;
+    let after = lucky(&mesh.gateway_burst(JUICE, "/api/juice-shop/testMyLuck", &[], 50, 1));
+    let obs = format!("Lucky before={before}/50 (gate ≤20), after retries={after}/50 (gate ≥38)");
+    if before <= 20 && after >= 38 {
+        Ok(obs)
+    } else {
+        Err(obs)
+    }
+}

@@ -1,0 +1,6 @@
+//! Sidecar injection support: the traffic-capture rules an init container installs (`rudder iptables`).
+//!
+//! The webhook and injection template land here later; they reuse the same rules and the bootstrap renderer in
+//! `envoy::bootstrap`.
+
+pub mod iptables;
