@@ -113,7 +113,6 @@ pub fn fault(f: &HttpFaultInjection, origin: &str) -> Option<HttpFault> {
         Some(FaultDelay {
             percentage: Some(pct),
             fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(pb_duration(fixed.get()))),
-            ..Default::default()
         })
     });
     let abort = f.abort.as_ref().and_then(|a| {

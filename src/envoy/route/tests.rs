@@ -819,7 +819,7 @@ fn cors_policy_goes_to_the_cors_filter() {
     assert_eq!(c.allow_headers, "x-a,x-b");
     assert_eq!(c.expose_headers, "x-c");
     assert_eq!(c.max_age, "86400");
-    assert_eq!(c.allow_credentials.unwrap().value, true);
+    assert!(c.allow_credentials.unwrap().value);
     assert_eq!(
         c.filter_enabled.unwrap().default_value.unwrap().numerator,
         100

@@ -124,7 +124,7 @@ pub fn best_for<'g>(
         .filter_map(|g| host_match_rank(&g.host, hostname).map(|r| (r, g)))
         .collect();
     // Stable: equal ranks keep merge order.
-    matching.sort_by(|a, b| b.0.cmp(&a.0));
+    matching.sort_by_key(|m| std::cmp::Reverse(m.0));
     let Some((_, best)) = matching.first().copied() else {
         return (None, Vec::new());
     };
