@@ -458,10 +458,10 @@ async fn every_cluster_shape_is_accepted() {
     assert_eq!(tls["name"], "envoy.transport_sockets.tls");
     assert_eq!(tls["typed_config"]["sni"], "one.local.test");
     let inbound = dumped_cluster(&dump, "inbound|21080||");
+    assert_eq!(inbound["type"], "ORIGINAL_DST");
     assert_eq!(
-        inbound["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-            ["address"],
-        "127.0.2.1"
+        inbound["original_dst_lb_config"]["upstream_port_override"],
+        21081
     );
     assert_eq!(
         inbound["upstream_bind_config"]["source_address"]["address"],

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    DiscoveryType, LbConfig, LbPolicy, OriginalDstLbConfig,
+};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, SocketAddress, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -30,10 +32,23 @@ pub const INBOUND_PASSTHROUGH_BIND: &str = "127.0.0.6";
 /// Where one inbound port goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct InboundPort {
-    /// Endpoint address (`127.0.0.1`, the pod IP, or `unix://…`); `None` forwards to the original destination.
-    address: Option<String>,
+    dest: Dest,
     target: u16,
     protocol: Protocol,
+}
+
+/// The upstream of an inbound cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    /// A fixed address: `127.0.0.1`, `::1` or `unix://…`.
+    Local(String),
+    /// The pod's own IP (`defaultEndpoint: 0.0.0.0:<port>`). Built as an original-destination cluster with the
+    /// port overridden rather than a STATIC one naming the IP (istiod's shape): inbound traffic's original
+    /// destination is the pod IP anyway, and the cluster then does not depend on which replica asks, so
+    /// replicas with the same labels can share one generated cluster set.
+    PodIp,
+    /// The original destination, port included (no `defaultEndpoint`).
+    OriginalDst,
 }
 
 /// `inbound|<port>||` for every port the workload serves: its declared container ports, the target ports of the
@@ -48,7 +63,7 @@ pub fn inbound_clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
 fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, InboundPort> {
     let mut ports = BTreeMap::new();
     let local = |target: u16, protocol: Protocol| InboundPort {
-        address: Some(LOCALHOST.to_string()),
+        dest: Dest::Local(LOCALHOST.to_string()),
         target,
         protocol,
     };
@@ -93,9 +108,9 @@ fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, InboundPort> {
             .and_then(Protocol::parse)
             .unwrap_or(Protocol::Unsupported);
         let endpoint = listener.default_endpoint.as_deref().unwrap_or_default();
-        let p = match parse_default_endpoint(endpoint, scope) {
-            Ok((address, target)) => InboundPort {
-                address,
+        let p = match parse_default_endpoint(endpoint) {
+            Ok((dest, target)) => InboundPort {
+                dest,
                 target: target.unwrap_or(number),
                 protocol,
             },
@@ -119,42 +134,34 @@ fn inbound_ports(scope: &ProxyScope<'_>) -> BTreeMap<u16, InboundPort> {
 
 /// `127.0.0.1:P` / `[::1]:P` → localhost, `0.0.0.0:P` → the pod IP, `unix:///path` → the socket, empty →
 /// original destination.
-type Target = (Option<String>, Option<u16>);
-
-fn parse_default_endpoint(endpoint: &str, scope: &ProxyScope<'_>) -> Result<Target, String> {
+fn parse_default_endpoint(endpoint: &str) -> Result<(Dest, Option<u16>), String> {
     if endpoint.is_empty() {
-        return Ok((None, None));
+        return Ok((Dest::OriginalDst, None));
     }
     if endpoint.starts_with("unix://") {
-        return Ok((Some(endpoint.to_string()), None));
+        return Ok((Dest::Local(endpoint.to_string()), None));
     }
     let (host, port) = endpoint
         .rsplit_once(':')
         .ok_or("expected <ip>:<port> or unix://<path>")?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let address = match host {
-        "127.0.0.1" | "::1" => host.to_string(),
-        "0.0.0.0" | "::" => {
-            if scope.meta.ip.is_empty() {
-                LOCALHOST.to_string()
-            } else {
-                scope.meta.ip.clone()
-            }
-        }
+    let dest = match host {
+        "127.0.0.1" | "::1" => Dest::Local(host.to_string()),
+        "0.0.0.0" | "::" => Dest::PodIp,
         other => {
             return Err(format!(
                 "host {other:?} must be 127.0.0.1, ::1, 0.0.0.0 or ::"
             ));
         }
     };
-    Ok((Some(address), Some(port)))
+    Ok((dest, Some(port)))
 }
 
 fn inbound_cluster(scope: &ProxyScope<'_>, port: u16, p: &InboundPort) -> Cluster {
     let name = ClusterName::inbound(port).to_string();
-    let mut cluster = match &p.address {
-        Some(addr) => {
+    let mut cluster = match &p.dest {
+        Dest::Local(addr) => {
             let mut c = base_cluster(scope, &name, DiscoveryType::Static);
             c.load_assignment = Some(ClusterLoadAssignment {
                 cluster_name: name.clone(),
@@ -170,16 +177,24 @@ fn inbound_cluster(scope: &ProxyScope<'_>, port: u16, p: &InboundPort) -> Cluste
                 }],
                 ..Default::default()
             });
-            // Connections to the pod IP would be captured by iptables again unless they come from the magic
-            // source address.
-            if !matches!(addr.as_str(), "127.0.0.1" | "::1") && !addr.starts_with("unix://") {
-                c.upstream_bind_config = Some(bind(INBOUND_PASSTHROUGH_BIND));
-            }
             c
         }
-        None => {
+        Dest::PodIp => {
             let mut c = base_cluster(scope, &name, DiscoveryType::OriginalDst);
             c.lb_policy = LbPolicy::ClusterProvided as i32;
+            c.lb_config = Some(LbConfig::OriginalDstLbConfig(OriginalDstLbConfig {
+                upstream_port_override: Some(policy::u32v(u32::from(p.target))),
+                ..Default::default()
+            }));
+            // Connections to the pod IP would be captured by iptables again unless they come from the magic
+            // source address.
+            c.upstream_bind_config = Some(bind(INBOUND_PASSTHROUGH_BIND));
+            c
+        }
+        Dest::OriginalDst => {
+            let mut c = base_cluster(scope, &name, DiscoveryType::OriginalDst);
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+            c.upstream_bind_config = Some(bind(INBOUND_PASSTHROUGH_BIND));
             c
         }
     };

@@ -858,14 +858,14 @@ spec:
         };
         (sa.address.clone(), sa.port_specifier.clone())
     };
+    // The pod IP: an original-destination cluster with the port overridden, from the magic source address.
     let c = find(&cs, "inbound|8080||");
-    assert_eq!(
-        endpoint(c),
-        (
-            "10.0.0.5".into(),
-            Some(socket_address::PortSpecifier::PortValue(8081))
-        )
-    );
+    assert_eq!(dtype(c), DiscoveryType::OriginalDst);
+    assert_eq!(lb(c), LbPolicy::ClusterProvided);
+    let Some(LbConfig::OriginalDstLbConfig(od)) = &c.lb_config else {
+        panic!("original dst config")
+    };
+    assert_eq!(od.upstream_port_override.unwrap().value, 8081);
     let bind = c
         .upstream_bind_config
         .as_ref()
