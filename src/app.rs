@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use tokio::sync::{Notify, watch};
 
 use crate::config::source::file::FileSource;
 use crate::config::source::kube::{KubeClient, KubeSource};
 use crate::config::store::Store;
+use crate::debug;
 use crate::envoy::Generator;
 use crate::envoy::generator::SecretSource;
 use crate::model::builder::{self, Built, Debounce};
@@ -35,6 +37,8 @@ pub struct Config {
     pub kube: Option<KubeClient>,
     /// TLS ADS (istiod's 15012) with the CA, SDS secrets and proxy authentication; `None` disables it.
     pub identity: Option<security::Config>,
+    /// Debug REST API and metrics (istiod's 15014); `None` disables it.
+    pub debug_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -47,6 +51,7 @@ impl Default for Config {
             push_concurrency: 100,
             kube: None,
             identity: None,
+            debug_addr: None,
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct Bound {
     pub xds_tls_registry: Option<Arc<xds::Registry>>,
     /// The CA and the proxies' certificates, when identity is on.
     pub secret_issuer: Option<Arc<SecretIssuer>>,
+    /// Where the debug API is served, when it is.
+    pub debug_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
@@ -187,6 +194,24 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
             Ok(())
         });
     }
+    let debug_addr = match cfg.debug_addr {
+        Some(addr) => Some(
+            start_debug(
+                addr,
+                debug::State {
+                    store: store.clone(),
+                    snapshots: rx.clone(),
+                    xds_registry: xds_registry.clone(),
+                    xds_metrics: xds_metrics.clone(),
+                    build_metrics: Default::default(),
+                },
+                &shutdown,
+                &mut tasks,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     Ok(Bound {
         store,
         snapshots: rx,
@@ -196,9 +221,39 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         xds_tls_addr,
         xds_tls_registry,
         secret_issuer,
+        debug_addr,
         shutdown,
         tasks,
     })
+}
+
+/// Binds the debug API and starts serving it (and the snapshot timing observer) until shutdown.
+async fn start_debug(
+    addr: SocketAddr,
+    state: debug::State,
+    shutdown: &watch::Sender<bool>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let (listener, bound) = debug::bind(addr).await?;
+    tracing::info!(addr = %bound, "serving debug API and metrics");
+    tasks.spawn(
+        state
+            .build_metrics
+            .clone()
+            .observe(state.snapshots.clone())
+            .map(Ok),
+    );
+    let mut stop = shutdown.subscribe();
+    let router = debug::router(Arc::new(state));
+    tasks.spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        debug::serve(listener, router, stopped)
+            .await
+            .context("debug server")
+    });
+    Ok(bound)
 }
 
 /// Turns each new snapshot into a push generation for the xDS servers. `republish` re-sends the current

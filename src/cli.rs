@@ -2,8 +2,12 @@
 //! `version`).
 
 mod bootstrap;
+mod debug_client;
 mod iptables;
+mod proxy_config;
+mod proxy_status;
 mod validate;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +43,12 @@ enum Command {
     Bootstrap(bootstrap::Args),
     /// Print, install or remove the sidecar's traffic-capture iptables rules.
     Iptables(iptables::Args),
+    /// Sync state of every proxy (or one): SYNCED / NOT SENT / STALE / NACKED per type, with Envoy's error.
+    ProxyStatus(proxy_status::Args),
+    /// What rudder sent a proxy: clusters, listeners, routes, endpoints or secrets.
+    ProxyConfig(proxy_config::Args),
+    /// Wait until every proxy a config object affects has ACKed it.
+    Wait(wait::Args),
     /// Print the version.
     Version,
 }
@@ -70,6 +80,9 @@ struct DiscoveryArgs {
     /// How many proxies may compute a push at once.
     #[arg(long, default_value_t = 100)]
     push_concurrency: usize,
+    /// Debug REST API and metrics (istiod's port 15014).
+    #[arg(long, default_value = "0.0.0.0:15014", env = "RUDDER_DEBUG_ADDR")]
+    debug_addr: std::net::SocketAddr,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -86,6 +99,9 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate::run(args),
+        Command::ProxyStatus(args) => proxy_status::run(args),
+        Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Wait(args) => wait::run(args),
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Iptables(args) => iptables::run(args),
         Command::Discovery(args) => match discovery(args) {
@@ -108,6 +124,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         once,
         grpc_addr,
         push_concurrency,
+        debug_addr,
     } = args;
     let use_kube = !no_kube && (kubeconfig.is_some() || kube_source::config_available());
     if config_dir.is_none() && !use_kube {
@@ -124,6 +141,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         },
         xds_addr: (!once).then_some(grpc_addr),
         push_concurrency,
+        debug_addr: (!once).then_some(debug_addr),
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new()?;

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod debug;
 pub mod envoy;
 pub mod inject;
 pub mod model;

@@ -1,0 +1,101 @@
+//! `rudder proxy-status [PROXY]`: per proxy and type SYNCED / NOT SENT / STALE / NACKED (with Envoy's text), from
+//! `/debug/syncz` and `/debug/nackz`.
+
+use std::process::ExitCode;
+
+use super::debug_client::{Client, DebugAddr, table};
+use crate::debug::sync::{Nackz, SyncStatus};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this proxy (`<pod>.<namespace>`); adds each NACK's resources and the Istio objects behind them.
+    proxy: Option<String>,
+    #[command(flatten)]
+    addr: DebugAddr,
+}
+
+/// Exit codes: 0 all shown proxies synced or in flight, 1 some NACKED (or an error).
+pub fn run(args: Args) -> ExitCode {
+    match status(&args) {
+        Ok((out, nacked)) => {
+            print!("{out}");
+            if nacked {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("rudder proxy-status: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(args: &Args) -> anyhow::Result<(String, bool)> {
+    let client = Client::new(&args.addr)?;
+    let mut all: Vec<SyncStatus> = serde_json::from_value(client.get("/debug/syncz")?)?;
+    if let Some(p) = &args.proxy {
+        let known: Vec<String> = all.iter().map(|s| s.proxy_id.clone()).collect();
+        all.retain(|s| &s.proxy_id == p || &s.node_id == p);
+        if all.is_empty() {
+            anyhow::bail!(
+                "proxy {p:?} is not connected; connected proxies: {}",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    }
+    let nackz: Nackz = serde_json::from_value(client.get("/debug/nackz")?)?;
+    Ok(render(&all, &nackz, args.proxy.is_some()))
+}
+
+/// The table, then one line per NACK (with resources and objects when `detail`). Returns whether any is NACKED.
+pub fn render(all: &[SyncStatus], nackz: &Nackz, detail: bool) -> (String, bool) {
+    let types = ["cds", "lds", "eds", "rds", "sds"];
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|s| {
+            let mut row = vec![s.proxy_id.clone(), s.proxy_type.clone()];
+            row.extend(types.iter().map(|t| s.state(t).as_str().to_owned()));
+            row.push(s.istio_version.clone());
+            row
+        })
+        .collect();
+    let mut out = table(
+        &["NAME", "TYPE", "CDS", "LDS", "EDS", "RDS", "SDS", "VERSION"],
+        &rows,
+    );
+    let mut nacked = false;
+    for s in all {
+        for (t, msg) in &s.nacks {
+            nacked = true;
+            out.push_str(&format!(
+                "\n{} {} NACKED: {msg}\n",
+                s.proxy_id,
+                t.to_uppercase()
+            ));
+            if !detail {
+                continue;
+            }
+            let info = nackz
+                .proxies
+                .iter()
+                .filter(|p| p.proxy == s.proxy_id)
+                .flat_map(|p| &p.nacks)
+                .find(|n| &n.type_short == t);
+            for r in info.into_iter().flat_map(|n| &n.resources) {
+                let by = if r.config.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (from {})", r.config.join(", "))
+                };
+                out.push_str(&format!("  rejected {}{by}\n", r.name));
+            }
+        }
+    }
+    (out, nacked)
+}
