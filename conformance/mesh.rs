@@ -61,6 +61,8 @@ pub struct Mesh {
     pub gateway: Option<Pod>,
     xds_port: u16,
     book: PathBuf,
+    /// `/etc/hosts` lines for names outside the cluster (the internet's DNS).
+    external_hosts: String,
 }
 
 /// The book's manifests (`../shared/book/manifests` next to the repository).
@@ -105,6 +107,7 @@ impl Mesh {
             gateway: None,
             xds_port: 0,
             book,
+            external_hosts: String::new(),
         };
         mesh.write_object(
             &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAY_NS}}),
@@ -122,6 +125,7 @@ impl Mesh {
         mesh.xds_port = bound.xds_addr.map(|a| a.port()).unwrap_or_default();
         mesh.bound = Some(bound);
         mesh.start_gateway()?;
+        mesh.start_external()?;
         Ok(mesh)
     }
 
@@ -157,11 +161,16 @@ impl Mesh {
 
     /// Sets the mesh's `outboundTrafficPolicy.mode` (ConfigMap `istio-system/istio`, as CL 33 edits it).
     pub fn set_outbound_policy(&self, mode: &str) -> Result<(), String> {
-        self.write_object(&json!({
+        let before = self.snapshot_version();
+        let changed = self.write_object(&json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "istio", "namespace": GATEWAY_NS},
             "data": {"mesh": format!("outboundTrafficPolicy:\n  mode: {mode}\n")}
-        }))
+        }))?;
+        if changed && self.bound.is_some() {
+            self.converge(before)?;
+        }
+        Ok(())
     }
 
     /// `kubectl apply -f <book>/<rel>`.
@@ -251,7 +260,7 @@ impl Mesh {
     /// `/etc/hosts` lines for a pod in `ns`: every Service by `name.ns[.svc[.cluster.local]]`, and by `name` in
     /// the pod's own namespace (what the search path gives in Kubernetes).
     fn hosts_for(&self, ns: &str) -> String {
-        let mut out = String::new();
+        let mut out = self.external_hosts.clone();
         for s in &self.services {
             let short = if s.namespace == ns {
                 s.name.as_str()
@@ -380,6 +389,11 @@ impl Mesh {
         let mut env = vec![
             ("POD_NAME".to_string(), name.to_string()),
             ("POD_NAMESPACE".into(), ns.to_string()),
+            // The image's CA bundle: trusts the stand-in for raw.githubusercontent.com.
+            (
+                "EXOTIC_FRUITS_CA".into(),
+                self.cluster.dir.join("exotic-ca.pem").display().to_string(),
+            ),
         ];
         for e in container["env"].as_array().into_iter().flatten() {
             if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
@@ -448,6 +462,60 @@ impl Mesh {
         }
         self.pods.push(pod);
         Ok(())
+    }
+
+    /// A server outside the mesh standing in for raw.githubusercontent.com (HTTPS, certificate from a test CA).
+    /// Only DNS (`/etc/hosts`) knows it; rudder learns of it only through the book's ServiceEntry.
+    fn start_external(&mut self) -> Result<(), String> {
+        let host = "raw.githubusercontent.com";
+        let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| e.to_string())?;
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let leaf = rcgen::CertificateParams::new(vec![host.to_string()])
+            .and_then(|p| p.signed_by(&key, &ca))
+            .map_err(|e| e.to_string())?;
+        let dir = self.cluster.dir.clone();
+        let write = |name: &str, pem: String| {
+            std::fs::write(dir.join(name), pem).map_err(|e| e.to_string())
+        };
+        write("exotic-ca.pem", ca.pem())?;
+        write("exotic-cert.pem", leaf.pem())?;
+        write("exotic-key.pem", key.serialize_pem())?;
+        let net = self.cluster.add_pod()?;
+        let ready = dir.join("exotic.ready");
+        let env = vec![
+            (
+                "TLS_CERT".to_string(),
+                dir.join("exotic-cert.pem").display().to_string(),
+            ),
+            (
+                "TLS_KEY".to_string(),
+                dir.join("exotic-key.pem").display().to_string(),
+            ),
+        ];
+        let cmd: Vec<String> = vec![
+            MESH_APP.into(),
+            "--mode".into(),
+            "exotic-fruits".into(),
+            "--port".into(),
+            "443".into(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ];
+        self.cluster
+            .spawn(&net, "exotic-fruits", false, &env, &cmd)?;
+        if wait_until(Duration::from_secs(15), || ready.exists().then_some(())).is_none() {
+            return Err(format!(
+                "exotic-fruits server never became ready:\n{}",
+                self.cluster.log_tail("exotic-fruits", 10)
+            ));
+        }
+        self.external_hosts = format!("{} {host}\n", net.ip);
+        self.write_all_hosts()
     }
 
     fn start_gateway(&mut self) -> Result<(), String> {

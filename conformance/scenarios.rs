@@ -19,6 +19,7 @@ pub const ALL: &[Scenario] = &[
     ("S3 gateway + VirtualService", s3),
     ("S6 juice-shop gateway", s6),
     ("S8 in-mesh service-to-service call", s8),
+    ("S7 REGISTRY_ONLY egress and ServiceEntry", s7),
     ("S9 header-based routing", s9),
     ("CL50 prefix rewrite to v2", cl50),
     ("S11 canary 90/10", s11),
@@ -417,4 +418,55 @@ fn s12(mesh: &mut Mesh) -> Result<String, String> {
     } else {
         Err(obs)
     }
+}
+
+fn s7(mesh: &mut Mesh) -> Result<String, String> {
+    const URL: &str =
+        "https://raw.githubusercontent.com/Istio-Succinctly/ExoticFruits/master/fruits.json";
+    const FRUITS_JSON: &str =
+        r#"{"fruits":["Chom Chom","Mangosteen","Longan","Persimmon","Sapodilla"]}"#;
+    let path = "/api/juice-shop/exoticFruits";
+    // ALLOW_ANY (the default): the unknown host passes through.
+    let open = expect(mesh, "GET", JUICE, path, &[], None, |r| {
+        r.status == 200 && r.body == FRUITS_JSON
+    })
+    .map_err(|e| format!("under ALLOW_ANY: {e}"))?;
+    // CL 33: REGISTRY_ONLY. The sidecar sends the unknown destination to the BlackHole cluster.
+    mesh.set_outbound_policy("REGISTRY_ONLY")?;
+    let want_err = format!(
+        r#"{{"code":"Internal","message":"Error: FetchError: request to {URL} failed, reason: "#
+    );
+    let blocked = expect(mesh, "GET", JUICE, path, &[], None, |r| {
+        r.status == 500 && r.body.starts_with(&want_err)
+    });
+    let result = (|| {
+        let blocked =
+            blocked.map_err(|e| format!("under REGISTRY_ONLY expected 500 FetchError, got {e}"))?;
+        // In-mesh calls keep working under REGISTRY_ONLY: the Service is in the registry (S8).
+        let headers = [("content-type", "application/json"), ("country", "au")];
+        expect(
+            mesh,
+            "POST",
+            JUICE,
+            "/api/juice-shop/blender",
+            &headers,
+            Some(r#"{"fruits":["kiwi","mandarin"]}"#),
+            |r| r.body == r#"{"juice":"kiwi-mandarin juice","price":4.9}"#,
+        )
+        .map_err(|e| format!("blender under REGISTRY_ONLY: {e}"))?;
+        // CL 35: the ServiceEntry registers the host; the call works again (CL 36).
+        mesh.apply_book("chapter-4-5/exotic-fruits-se.yml")?;
+        let fixed = expect(mesh, "GET", JUICE, path, &[], None, |r| {
+            r.status == 200 && r.body == FRUITS_JSON
+        })
+        .map_err(|e| format!("with the ServiceEntry: {e}"))?;
+        Ok(format!(
+            "ALLOW_ANY → {open}; REGISTRY_ONLY → {}; + ServiceEntry → {fixed}",
+            blocked.chars().take(90).collect::<String>()
+        ))
+    })();
+    // Leave the mesh as later scenarios expect it.
+    mesh.delete("ServiceEntry", NS, "exotic-fruits-service-entry")?;
+    mesh.set_outbound_policy("ALLOW_ANY")?;
+    result
 }

@@ -6,6 +6,8 @@
 //!   fruits-api, forwarding trace headers), `exoticFruits`.
 //! - `echo`: answers any request with its method, path, host, headers, pod name and version as JSON.
 //! - `tcp-id`: accepts TCP on several ports and answers `<name>:<port>` (proves where iptables sent a connection).
+//! - `exotic-fruits`: HTTPS (cert and key from `TLS_CERT`/`TLS_KEY`) answering the ExoticFruits JSON, standing in
+//!   for raw.githubusercontent.com. juice-shop trusts the CA in `EXOTIC_FRUITS_CA` (the image's CA bundle).
 //!
 //! The mode comes from `--mode` or from the Deployment's image name (`--image istiosuccinctly/fruits-api:1.0.0`).
 //! The app never resolves names at startup (no reverse DNS); outbound calls resolve through `/etc/hosts`.
@@ -41,6 +43,7 @@ enum Mode {
     JuiceShop,
     Echo,
     TcpId,
+    ExoticFruits,
 }
 
 impl Mode {
@@ -53,6 +56,7 @@ impl Mode {
             "juice-shop-api" => Some(Mode::JuiceShop),
             "echo" => Some(Mode::Echo),
             "tcp-id" => Some(Mode::TcpId),
+            "exotic-fruits" => Some(Mode::ExoticFruits),
             _ => None,
         }
     }
@@ -62,6 +66,7 @@ impl Mode {
             Mode::Fruits => 3000,
             Mode::JuiceShop => 3001,
             Mode::Echo | Mode::TcpId => 8080,
+            Mode::ExoticFruits => 443,
         }
     }
 }
@@ -142,6 +147,21 @@ async fn main() {
     {
         eprintln!("mesh-app: writing {f}: {e}");
     }
+    if args.mode == Mode::ExoticFruits {
+        let acceptor = match tls_acceptor() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("mesh-app: TLS setup: {e}");
+                std::process::exit(1);
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, l) in listeners {
+            tasks.spawn(exotic_fruits(l, acceptor.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+        return;
+    }
     if args.mode == Mode::TcpId {
         let mut tasks = tokio::task::JoinSet::new();
         for (port, l) in listeners {
@@ -158,11 +178,7 @@ async fn main() {
         version: std::env::var("app_version").unwrap_or_else(|_| "1".into()),
         fruits_api: env("FRUITS_API"),
         exotic_fruits_api: env("EXOTIC_FRUITS_API"),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("HTTP client"),
+        http: http_client(),
         seed: AtomicU64::new(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -181,6 +197,82 @@ async fn main() {
         if let Ok(Err(e)) = r {
             eprintln!("mesh-app: serve: {e}");
         }
+    }
+}
+
+/// The outbound HTTP client, trusting the extra CA in `EXOTIC_FRUITS_CA` if set.
+fn http_client() -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20));
+    if let Ok(path) = std::env::var("EXOTIC_FRUITS_CA")
+        && let Ok(pem) = std::fs::read(&path)
+        && let Ok(cert) = reqwest::Certificate::from_pem(&pem)
+    {
+        b = b.add_root_certificate(cert);
+    }
+    b.build().expect("HTTP client")
+}
+
+/// The body raw.githubusercontent.com serves for the book's ExoticFruits file.
+const EXOTIC_FRUITS: &str =
+    r#"{"fruits":["Chom Chom","Mangosteen","Longan","Persimmon","Sapodilla"]}"#;
+
+fn tls_acceptor() -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let cert_path = std::env::var("TLS_CERT").map_err(|_| "TLS_CERT not set")?;
+    let key_path = std::env::var("TLS_KEY").map_err(|_| "TLS_KEY not set")?;
+    let certs = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("{cert_path}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{cert_path}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| format!("{key_path}: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A minimal HTTPS/1.1 server: every request gets the ExoticFruits JSON, then the connection closes.
+async fn exotic_fruits(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let Ok((s, peer)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(mut tls) = acceptor.accept(s).await else {
+                println!("TLS handshake from {peer} failed");
+                return;
+            };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req);
+            println!(
+                "{} (TLS from {peer})",
+                line.lines().next().unwrap_or_default()
+            );
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{EXOTIC_FRUITS}",
+                EXOTIC_FRUITS.len()
+            );
+            let _ = tls.write_all(resp.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        });
     }
 }
 
