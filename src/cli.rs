@@ -6,6 +6,7 @@ mod debug_client;
 mod iptables;
 mod proxy_config;
 mod proxy_status;
+mod crds;
 mod validate;
 mod wait;
 
@@ -49,6 +50,8 @@ enum Command {
     ProxyConfig(proxy_config::Args),
     /// Wait until every proxy a config object affects has ACKed it.
     Wait(wait::Args),
+    /// Print the CustomResourceDefinitions of every Istio kind rudder serves (or write them to a directory).
+    Crds(crds::Args),
     /// Print the version.
     Version,
 }
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => validate::run(args),
+        Command::Crds(args) => crds::run(args),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Wait(args) => wait::run(args),
