@@ -763,3 +763,241 @@ async fn real_envoys_ack_the_book_chapter_3_and_4_5_routes() {
         }
     }
 }
+
+// ---- real traffic through a gateway ---------------------------------------------------------------------------
+
+/// A gateway whose routes need no upstream: direct responses, redirects, an injected abort, a CORS preflight,
+/// wildcard hosts, an unknown host and an HTTPS-redirect server.
+fn traffic_yaml(port: u16, redirect_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {GATEWAY_POD}, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers: [{{name: istio-proxy}}]
+status: {{phase: Running, podIP: 127.0.0.2}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: fruits, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.30
+  ports: [{{name: http, port: 20080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [fruits.example.io, "*.juice.example.io"]
+  - port: {{number: {redirect_port}, name: http-redirect, protocol: HTTP}}
+    hosts: [secure.example.io]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: fruits, namespace: shop}}
+spec:
+  hosts: [fruits.example.io]
+  gateways: [edge]
+  http:
+  - match: [{{uri: {{exact: /teapot}}}}]
+    directResponse: {{status: 418, body: {{string: short and stout}}}}
+  - match: [{{uri: {{prefix: /old}}}}]
+    redirect: {{uri: /new, authority: new.example.io}}
+  - match: [{{headers: {{x-fault: {{exact: abort}}}}}}]
+    fault: {{abort: {{httpStatus: 503, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: fruits}}}}]
+  - match: [{{uri: {{prefix: /cors}}}}]
+    corsPolicy:
+      allowOrigins: [{{exact: "https://ok.example"}}]
+      allowMethods: [GET]
+    # Envoy's CORS filter only acts on forwarding routes; the preflight is answered before the router, so the
+    # upstream need not exist.
+    route: [{{destination: {{host: fruits}}}}]
+  - directResponse: {{status: 200, body: {{string: fruits}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: juice, namespace: shop}}
+spec:
+  hosts: ["*.juice.example.io"]
+  gateways: [edge]
+  http:
+  - directResponse: {{status: 200, body: {{string: juice}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [secure.example.io]
+  gateways: [edge]
+  http:
+  - directResponse: {{status: 200, body: {{string: "plain http should have been redirected"}}}}
+"#
+    )
+}
+
+/// Sends `method path` with `Host: host` to the gateway on loopback, retrying while the listener is not up yet.
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let mut req = client
+            .request(method.clone(), format!("http://127.0.0.1:{port}{path}"))
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match req.send().await {
+            Ok(resp) => return resp,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gateway on {port} never answered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_routes_answer_real_requests() {
+    let _serial = ENVOY_LOCK.lock().await;
+    let (port, redirect_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        traffic_yaml(port, redirect_port),
+    )
+    .unwrap();
+    let bound = start(dir.path()).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let gw = Envoy::start(&bootstrap(
+        &format!("router~127.0.0.2~{GATEWAY_POD}.istio-system~istio-system.svc.cluster.local"),
+        "istio-ingressgateway.istio-system",
+        bound.xds_addr.unwrap(),
+        AdsApi::Grpc,
+    ))
+    .await;
+    let names = vec![format!("http.{port}"), format!("http.{redirect_port}")];
+    wait_rds_acked(&registry, GATEWAY_POD, &names).await;
+    wait_dumped_routes(&gw, &names).await;
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = reqwest::Method::GET;
+
+    let r = send(
+        &client,
+        get.clone(),
+        port,
+        "fruits.example.io",
+        "/teapot",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 418);
+    assert_eq!(r.text().await.unwrap(), "short and stout");
+
+    let r = send(
+        &client,
+        get.clone(),
+        port,
+        "fruits.example.io",
+        "/old/x",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "http://new.example.io/new");
+
+    let r = send(
+        &client,
+        get.clone(),
+        port,
+        "fruits.example.io",
+        "/",
+        &[("x-fault", "abort")],
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "fault filter abort");
+
+    // CORS preflight answered by the CORS filter from the route's policy; a foreign origin gets no grant.
+    let preflight =
+        |origin: &'static str| [("origin", origin), ("access-control-request-method", "GET")];
+    let r = send(
+        &client,
+        reqwest::Method::OPTIONS,
+        port,
+        "fruits.example.io",
+        "/cors",
+        &preflight("https://ok.example"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://ok.example"
+    );
+    let r = send(
+        &client,
+        reqwest::Method::OPTIONS,
+        port,
+        "fruits.example.io",
+        "/cors",
+        &preflight("https://evil.example"),
+    )
+    .await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    // Host with port, a wildcard host, an unknown host.
+    let r = send(
+        &client,
+        get.clone(),
+        port,
+        &format!("fruits.example.io:{port}"),
+        "/",
+        &[],
+    )
+    .await;
+    assert_eq!(r.text().await.unwrap(), "fruits");
+    let r = send(&client, get.clone(), port, "a.juice.example.io", "/", &[]).await;
+    assert_eq!(r.text().await.unwrap(), "juice");
+    let r = send(&client, get.clone(), port, "unknown.example.io", "/", &[]).await;
+    assert_eq!(r.status(), 404);
+
+    // `tls.httpsRedirect`: plain HTTP is sent to https.
+    let r = send(
+        &client,
+        get,
+        redirect_port,
+        "secure.example.io",
+        "/x?y=1",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "https://secure.example.io/x?y=1");
+
+    for c in registry.connections() {
+        for (ty, t) in &c.types {
+            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
+        }
+    }
+    drop(gw);
+    bound.shutdown().await;
+}
