@@ -14,6 +14,7 @@
 //! The plaintext server (15010) never authenticates anyone, so it never serves a secret.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod ca;
 pub mod sds;
 #[cfg(any(test, feature = "testing"))]
