@@ -381,6 +381,10 @@ spec:
     match: [{uri: {exact: /exact-old}}]
     rewrite: {uri: /exact-new}
     route: [{destination: {host: reviews}}]
+  - name: regex-match-rewrite
+    match: [{uri: {regex: "/legacy/[a-z]+"}}]
+    rewrite: {uri: /modern}
+    route: [{destination: {host: reviews}}]
   - name: regex-rewrite
     match: [{uri: {prefix: /rx/}}]
     rewrite: {uriRegexRewrite: {match: "^/rx/(.*)$", rewrite: "/\\1"}}
@@ -503,7 +507,7 @@ fn envoy_validates_every_virtual_service_feature() {
     // Every rule made it (two matches for the first; the delegate brings two routes).
     assert_eq!(
         reviews.routes.len(),
-        18,
+        19,
         "{:#?}",
         reviews.routes.iter().map(|r| &r.name).collect::<Vec<_>>()
     );
