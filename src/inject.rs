@@ -4,3 +4,5 @@
 //! `envoy::bootstrap`.
 
 pub mod iptables;
+pub mod pod;
+pub mod webhook;

@@ -1,0 +1,218 @@
+//! The admission webhooks istiod serves on 15017: `/inject` (sidecar injection, a JSON patch) and `/validate`
+//! (the same rules as `rudder validate`). Both take and return `admission.k8s.io/v1` AdmissionReviews; every
+//! answer is a review (a bad request is denied inside one, never a 500).
+//!
+//! The handlers are thin: `review_inject` and `review_validate` are pure functions over JSON, and the router
+//! only adapts them to HTTP.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use crate::config::parse::decode_value;
+use crate::config::store::Store;
+use crate::config::validate::check_document;
+use crate::config::{Kind, ObjectKey, Severity};
+use crate::inject::pod::{self, Template};
+
+/// What the webhook needs: the injection template and, when running with a store, namespace labels.
+#[derive(Clone, Default)]
+pub struct WebhookState {
+    /// Injection settings.
+    pub template: Template,
+    /// The config store, for namespace labels (`None`: trust the webhook's namespaceSelector).
+    pub store: Option<Arc<Store>>,
+}
+
+/// The webhook routes (`POST /inject`, `POST /validate`).
+pub fn router(state: Arc<WebhookState>) -> axum::Router {
+    axum::Router::new()
+        .route("/inject", post(inject_handler))
+        .route("/validate", post(validate_handler))
+        .with_state(state)
+}
+
+async fn inject_handler(
+    State(state): State<Arc<WebhookState>>,
+    Json(review): Json<Value>,
+) -> Json<Value> {
+    let labels = |ns: &str| -> Option<BTreeMap<String, String>> {
+        let store = state.store.as_ref()?;
+        let obj = store.get(&ObjectKey::new(Kind::Namespace, "", ns))?;
+        Some(obj.meta().labels.clone().unwrap_or_default())
+    };
+    Json(review_inject(&review, &state.template, &labels))
+}
+
+async fn validate_handler(Json(review): Json<Value>) -> Json<Value> {
+    Json(review_validate(&review))
+}
+
+/// A review answering `request` (echoing its uid).
+fn response(review: &Value, allowed: bool) -> Value {
+    let uid = review["request"]["uid"].clone();
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": allowed},
+    })
+}
+
+fn deny(review: &Value, code: u16, message: String) -> Value {
+    let mut r = response(review, false);
+    r["response"]["status"] = json!({"code": code, "message": message});
+    r
+}
+
+/// Answers an injection review: allowed always, with a JSON patch when the pod is injected. `namespace_labels`
+/// looks a namespace's labels up (`None` when unknown).
+pub fn review_inject(
+    review: &Value,
+    template: &Template,
+    namespace_labels: &dyn Fn(&str) -> Option<BTreeMap<String, String>>,
+) -> Value {
+    let req = &review["request"];
+    if req["kind"]["kind"] != "Pod" || req["object"].is_null() {
+        return response(review, true);
+    }
+    let mut pod = req["object"].clone();
+    let namespace = req["namespace"]
+        .as_str()
+        .or_else(|| pod["metadata"]["namespace"].as_str())
+        .unwrap_or("default")
+        .to_string();
+    // On CREATE the pod often has no namespace (and no name yet); the request carries it.
+    if pod["metadata"]["namespace"].is_null() {
+        pod["metadata"]["namespace"] = namespace.clone().into();
+    }
+    let labels = namespace_labels(&namespace);
+    match pod::inject_pod(&pod, labels.as_ref(), template) {
+        Ok(injected) => {
+            let mut patch = pod::diff(&req["object"], &injected);
+            // The namespace was filled in only for the injector's benefit.
+            patch.retain(|op| op["path"] != "/metadata/namespace");
+            let mut r = response(review, true);
+            r["response"]["patchType"] = "JSONPatch".into();
+            r["response"]["patch"] =
+                base64(serde_json::to_string(&patch).unwrap_or_default().as_bytes()).into();
+            r
+        }
+        Err(skip) => {
+            tracing::debug!(namespace, reason = %skip, "not injecting");
+            response(review, true)
+        }
+    }
+}
+
+/// Answers a validation review with the rules of `rudder validate` (strict: unknown fields are errors).
+/// Kinds rudder does not read, and deletes, are allowed.
+pub fn review_validate(review: &Value) -> Value {
+    let req = &review["request"];
+    let obj = &req["object"];
+    if obj.is_null() || req["operation"] == "DELETE" {
+        return response(review, true);
+    }
+    let namespace = req["namespace"].as_str().unwrap_or("default");
+    let checked = check_document(
+        decode_value("admission request", obj.clone(), namespace),
+        true,
+    );
+    if checked.skipped.is_some() {
+        return response(review, true);
+    }
+    let errors: Vec<String> = checked
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.to_string())
+        .collect();
+    let warnings: Vec<String> = checked
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Warning)
+        .map(|p| p.to_string())
+        .collect();
+    let mut r = if errors.is_empty() {
+        response(review, true)
+    } else {
+        deny(review, 400, errors.join("\n"))
+    };
+    if !warnings.is_empty() {
+        r["response"]["warnings"] = warnings.into();
+    }
+    r
+}
+
+/// Standard base64 with padding (the `patch` field's encoding).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    fn review(object: Value) -> Value {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-1", "kind": {"group": "networking.istio.io", "version": "v1", "kind": "VirtualService"},
+            "namespace": "shop", "operation": "CREATE", "object": object}})
+    }
+
+    #[test]
+    fn validate_denies_with_object_lines_and_allows_unknown_kinds() {
+        let bad = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": ""}}]}]}});
+        let r = review_validate(&review(bad));
+        assert_eq!(r["response"]["uid"], "u-1");
+        assert_eq!(r["response"]["allowed"], false);
+        assert_eq!(
+            r["response"]["status"]["message"],
+            "VirtualService shop/r: spec.http[0].route[0].destination.host: required"
+        );
+        let unknown =
+            json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+        assert_eq!(
+            review_validate(&review(unknown))["response"]["allowed"],
+            true
+        );
+        let good = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}});
+        assert_eq!(review_validate(&review(good))["response"]["allowed"], true);
+    }
+}
