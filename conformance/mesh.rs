@@ -28,6 +28,8 @@ pub struct Pod {
     pub sidecar: bool,
     /// Container names as `kubectl get pods -o jsonpath={..containers[*].name}` lists them.
     pub containers: Vec<String>,
+    /// The app container's ports: name (if any) and number.
+    pub ports: Vec<(Option<String>, u16)>,
 }
 
 /// A Service with its assigned ClusterIP.
@@ -36,6 +38,9 @@ struct Svc {
     namespace: String,
     name: String,
     ip: Ipv4Addr,
+    selector: BTreeMap<String, String>,
+    /// Service port and its `targetPort` (a number or a container port name).
+    ports: Vec<(u16, Value)>,
 }
 
 /// An HTTP response as the scenarios look at it.
@@ -89,8 +94,11 @@ impl Mesh {
         let config_dir = cluster.dir.join("config");
         std::fs::create_dir_all(&config_dir).map_err(|e| e.to_string())?;
         let envoy = envoy_for_proxy_user(&cluster.dir)?;
+        // A new connection per request, as the book's `curl` makes: a pooled connection would keep using a
+        // listener Envoy is draining after a config change.
         let http = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| e.to_string())?;
@@ -214,7 +222,96 @@ impl Mesh {
         if !changed {
             return Ok(());
         }
+        self.sync_kube_proxy()?;
         self.converge(before)
+    }
+
+    /// kube-proxy for pods without a sidecar: in each such pod, chain `RUDDER-KUBE` DNATs every ClusterIP:port
+    /// to the ready pods selected by the Service (random choice, as kube-proxy's iptables mode). Sidecar pods
+    /// need none: their Envoy routes by EDS to pod IPs.
+    fn sync_kube_proxy(&self) -> Result<(), String> {
+        let mut text = String::from("*nat\n:RUDDER-KUBE - [0:0]\n");
+        for svc in &self.services {
+            let backends: Vec<&Pod> = self
+                .pods
+                .iter()
+                .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
+                .filter(|p| svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                .collect();
+            for (port, target) in &svc.ports {
+                let dests: Vec<String> = backends
+                    .iter()
+                    .filter_map(|p| {
+                        let t = match target {
+                            Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
+                            Value::String(name) => {
+                                p.ports.iter().find(|(n, _)| n.as_deref() == Some(name))?.1
+                            }
+                            _ => return None,
+                        };
+                        Some(format!("{}:{t}", p.net.ip))
+                    })
+                    .collect();
+                for (i, d) in dests.iter().enumerate() {
+                    let left = dests.len() - i;
+                    let pick = if left > 1 {
+                        format!(
+                            "-m statistic --mode random --probability {:.5} ",
+                            1.0 / left as f64
+                        )
+                    } else {
+                        String::new()
+                    };
+                    text.push_str(&format!(
+                        "-A RUDDER-KUBE -d {}/32 -p tcp --dport {port} {pick}-j DNAT --to-destination {d}\n",
+                        svc.ip
+                    ));
+                }
+            }
+        }
+        text.push_str("COMMIT\n");
+        for p in self.pods.iter().filter(|p| !p.sidecar) {
+            sh_stdin(
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &p.net.netns,
+                    "iptables-restore",
+                    "--noflush",
+                ],
+                &text,
+            )?;
+            let hooked = sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &p.net.netns,
+                "iptables",
+                "-t",
+                "nat",
+                "-C",
+                "OUTPUT",
+                "-j",
+                "RUDDER-KUBE",
+            ]);
+            if hooked.is_err() {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &p.net.netns,
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-j",
+                    "RUDDER-KUBE",
+                ])?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes an Istio object (`kubectl delete`).
@@ -240,16 +337,47 @@ impl Mesh {
         {
             Some(s) => s.ip,
             None => {
-                let n = u8::try_from(self.services.len() + 10).map_err(|_| "too many services")?;
-                let ip = Ipv4Addr::new(10, 96, self.cluster.subnet, n);
-                self.services.push(Svc {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    ip,
-                });
-                ip
+                let last = self
+                    .services
+                    .iter()
+                    .map(|s| s.ip.octets()[3])
+                    .max()
+                    .unwrap_or(9);
+                let n = last.checked_add(1).ok_or("too many services")?;
+                Ipv4Addr::new(10, 96, self.cluster.subnet, n)
             }
         };
+        let selector = doc["spec"]["selector"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ports = doc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = u16::try_from(p["port"].as_u64()?).ok()?;
+                let target = if p["targetPort"].is_null() {
+                    json!(port)
+                } else {
+                    p["targetPort"].clone()
+                };
+                Some((port, target))
+            })
+            .collect();
+        self.services
+            .retain(|s| !(s.namespace == ns && s.name == name));
+        self.services.push(Svc {
+            namespace: ns.clone(),
+            name: name.clone(),
+            ip,
+            selector,
+            ports,
+        });
         doc["spec"]["clusterIP"] = json!(ip.to_string());
         doc["spec"]["clusterIPs"] = json!([ip.to_string()]);
         let changed = self.write_object(&doc)?;
@@ -414,6 +542,15 @@ impl Mesh {
                 .flatten()
                 .filter_map(|c| c["name"].as_str().map(str::to_string))
                 .collect(),
+            ports: container["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let n = u16::try_from(p["containerPort"].as_u64()?).ok()?;
+                    Some((p["name"].as_str().map(str::to_string), n))
+                })
+                .collect(),
         };
         self.cluster.write_hosts(&net, &self.hosts_for(ns))?;
         if injected {
@@ -548,6 +685,7 @@ impl Mesh {
             net,
             sidecar: false,
             containers: vec!["istio-proxy".into()],
+            ports: Vec::new(),
         };
         self.cluster
             .write_hosts(&pod.net, &self.hosts_for(GATEWAY_NS))?;
@@ -678,7 +816,7 @@ impl Mesh {
                 let lagging: Vec<String> = conns
                     .iter()
                     .filter(|c| {
-                        !c.generation.is_some_and(|g| g >= version)
+                        c.generation.is_none_or(|g| g < version)
                             || !c
                                 .types
                                 .values()
@@ -863,6 +1001,32 @@ impl Mesh {
             self.rt.block_on(b.shutdown());
         }
     }
+}
+
+/// Runs a command with `input` on stdin.
+fn sh_stdin(args: &[&str], input: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}\ninput:\n{input}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// Envoy must be executable by UID 1337, and the pip package lives under /root (mode 0700): copy it once into a

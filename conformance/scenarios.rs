@@ -26,6 +26,8 @@ pub const ALL: &[Scenario] = &[
     ("S13 mirroring", s13),
     ("S10 fault injection", s10),
     ("S12 resilience", s12),
+    ("S4 pod without sidecar via kube-proxy", s4),
+    ("S22 delete the namespace", s22),
 ];
 
 fn short(r: &Result<Reply, String>) -> String {
@@ -468,5 +470,126 @@ fn s7(mesh: &mut Mesh) -> Result<String, String> {
     // Leave the mesh as later scenarios expect it.
     mesh.delete("ServiceEntry", NS, "exotic-fruits-service-entry")?;
     mesh.set_outbound_policy("ALLOW_ANY")?;
+    result
+}
+
+fn s22(mesh: &mut Mesh) -> Result<String, String> {
+    let before = mesh.connected().len();
+    mesh.delete_namespace(NS)?;
+    // The pods' proxies are gone from rudder; the gateway stays.
+    let gone = wait_until(Duration::from_secs(15), || {
+        let c = mesh.connected();
+        (!c.iter().any(|p| p.ends_with(&format!(".{NS}")))).then_some(c)
+    });
+    let Some(left) = gone else {
+        return Err(format!(
+            "proxies of {NS} still connected: {:?}",
+            mesh.connected()
+        ));
+    };
+    if !left.iter().any(|p| p.starts_with("istio-ingressgateway")) {
+        return Err(format!("the gateway disconnected too: {left:?}"));
+    }
+    // Negative: the hosts no longer route (no Gateway, no VirtualService): 404, or no listener at all.
+    let mut last = String::new();
+    let r = wait_until(Duration::from_secs(15), || {
+        let r = mesh.gateway_request("GET", FRUITS, "/api/fruits/special", &[], None);
+        last = short(&r);
+        match r {
+            Ok(r) if r.status == 404 => Some("404".to_string()),
+            Err(_) => Some(format!("no listener ({last})")),
+            Ok(_) => None,
+        }
+    })
+    .ok_or_else(|| format!("fruits host still answers: {last}"))?;
+    Ok(format!(
+        "{before} proxies → {} ({left:?}); fruits host → {r}",
+        left.len()
+    ))
+}
+
+/// A namespace without `istio-injection`: its pods get no sidecar and reach mesh services through the harness's
+/// kube-proxy DNAT (ClusterIP → pod IPs), landing on the destination's sidecar inbound.
+fn s4(mesh: &mut Mesh) -> Result<String, String> {
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: legacy
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: juice-shop-api-deployment
+  namespace: legacy
+spec:
+  selector: {{matchLabels: {{app: juice-shop-api}}}}
+  replicas: 1
+  template:
+    metadata:
+      labels: {{app: juice-shop-api}}
+    spec:
+      containers:
+      - name: juice-shop-api
+        image: istiosuccinctly/juice-shop-api:1.0.0
+        ports: [{{name: http-js-api, containerPort: 3001}}]
+        env: [{{name: FRUITS_API, value: "http://fruits-api-service.{NS}"}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: juice-shop-api-service
+  namespace: legacy
+spec:
+  selector: {{app: juice-shop-api}}
+  ports: [{{name: http-js-api-service, port: 80, targetPort: http-js-api}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: legacy-gateway
+  namespace: legacy
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http-legacy, protocol: HTTP}}
+    hosts: [legacy.istio-succinctly.io]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: legacy-vservice
+  namespace: legacy
+spec:
+  hosts: [legacy.istio-succinctly.io]
+  gateways: [legacy-gateway]
+  http:
+  - route:
+    - destination: {{host: juice-shop-api-service, port: {{number: 80}}}}
+"#
+    );
+    mesh.apply_yaml(&yaml)?;
+    let containers: Vec<String> = mesh
+        .pods_of("legacy", "juice-shop-api-deployment")
+        .iter()
+        .flat_map(|p| p.containers.clone())
+        .collect();
+    if containers != ["juice-shop-api"] {
+        return Err(format!("containers: {containers:?}"));
+    }
+    let headers = [("content-type", "application/json"), ("country", "au")];
+    let ok = expect(
+        mesh,
+        "POST",
+        "legacy.istio-succinctly.io",
+        "/api/juice-shop/blender",
+        &headers,
+        Some(r#"{"fruits":["kiwi","mandarin"]}"#),
+        |r| r.status == 200 && r.body == r#"{"juice":"kiwi-mandarin juice","price":4.9}"#,
+    )?;
+    let result = Ok(format!(
+        "containers {containers:?}; blender via ClusterIP DNAT → {ok}"
+    ));
+    mesh.delete_namespace("legacy")?;
     result
 }
