@@ -339,16 +339,34 @@ fn free_subnet() -> Result<u8, String> {
 
 /// Removes namespaces, links and `/etc/netns` entries of runs whose process is gone (a killed run).
 fn sweep_dead_runs() {
-    let dead = |pid: &str| !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists();
+    remove_runs(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// Removes everything of run `id` by name (for Ctrl-C, when `Drop` does not run).
+pub fn remove_run(id: u32) {
+    let id = id.to_string();
+    remove_runs(|pid| pid == id);
+}
+
+/// Removes the namespaces (`rudder-<pid>-…`), `/etc/netns` entries and bridges (`rbr<pid>`) of the runs whose
+/// pid `select` picks.
+fn remove_runs(select: impl Fn(&str) -> bool) {
+    let run_pid = |name: &str| -> Option<String> {
+        let (pid, _) = name.strip_prefix("rudder-")?.split_once('-')?;
+        (!pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())).then(|| pid.to_string())
+    };
     if let Ok(list) = sh(&["ip", "netns", "list"]) {
         for n in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if let Some(rest) = n.strip_prefix("rudder-")
-                && let Some((pid, _)) = rest.split_once('-')
-                && pid.chars().all(|c| c.is_ascii_digit())
-                && dead(pid)
-            {
+            if run_pid(n).is_some_and(|p| select(&p)) {
                 let _ = Command::new("ip").args(["netns", "del", n]).status();
-                let _ = fs::remove_dir_all(format!("/etc/netns/{n}"));
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if run_pid(&n).is_some_and(|p| select(&p)) {
+                let _ = fs::remove_dir_all(e.path());
             }
         }
     }
@@ -357,8 +375,9 @@ fn sweep_dead_runs() {
             let name = l.split(':').nth(1).unwrap_or_default().trim();
             let name = name.split('@').next().unwrap_or_default();
             if let Some(pid) = name.strip_prefix("rbr")
+                && !pid.is_empty()
                 && pid.chars().all(|c| c.is_ascii_digit())
-                && dead(pid)
+                && select(pid)
             {
                 let _ = Command::new("ip").args(["link", "del", name]).status();
             }

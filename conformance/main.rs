@@ -24,6 +24,21 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let id = std::process::id();
+    // Ctrl-C: `Drop` does not run, so remove the run's namespaces and bridge by name. The pods' processes share
+    // the terminal's process group and get the signal themselves.
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+            eprintln!("conformance: interrupted, cleaning up");
+            cluster::remove_run(id);
+            std::process::exit(130);
+        }
+    });
     let mut results: Vec<(String, bool, String)> = Vec::new();
     let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut mesh = match mesh::Mesh::start() {
