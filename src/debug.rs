@@ -11,6 +11,7 @@
 //! writes to the control plane.
 
 mod config_dump;
+pub mod diff;
 pub mod metrics;
 pub mod protojson;
 mod registry_view;

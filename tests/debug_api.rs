@@ -504,6 +504,24 @@ async fn debug_api_and_cli_with_real_envoys() {
         "cds lds eds rds synced: {out}"
     );
     assert!(row.contains("NOT SENT"), "sds is not served yet: {out}");
+    // With a proxy and its Envoy's admin: rudder's dump diffed with Envoy's, every section in sync.
+    let (code, out, err) = cli_async(vec![
+        "proxy-status".into(),
+        SIDECAR.into(),
+        "--envoy-admin".into(),
+        sidecar.admin.to_string(),
+        "--debug-addr".into(),
+        addr.clone(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    for section in ["clusters", "endpoints", "listeners", "routes"] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{section}:")))
+            .unwrap_or_else(|| panic!("no {section} line: {out}"));
+        assert!(line.ends_with("in sync"), "{line}\n{out}");
+    }
     let (code, out, err) = cli_async(vec![
         "proxy-config".into(),
         "clusters".into(),

@@ -37,6 +37,19 @@ impl Client {
         Ok(Client { base, http, rt })
     }
 
+    /// GETs a full URL (an Envoy admin endpoint) as JSON.
+    pub fn get_url(&self, url: &str) -> anyhow::Result<Value> {
+        self.rt.block_on(async {
+            let resp = self.http.get(url).send().await.map_err(|e| {
+                anyhow::anyhow!("cannot reach Envoy admin at {url}: {e} (check --envoy-admin)")
+            })?;
+            if !resp.status().is_success() {
+                anyhow::bail!("{url}: {}", resp.status());
+            }
+            Ok(resp.json().await?)
+        })
+    }
+
     /// GETs `path` as JSON. A 404 about a proxy lists the known ones.
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);

@@ -153,7 +153,7 @@ pub fn render(what: What, items: &[Value]) -> String {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|d| s(d))
+                        .map(&s)
                         .collect();
                     let routes = vh["routes"].as_array().map_or(0, Vec::len);
                     rows.push(vec![

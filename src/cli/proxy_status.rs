@@ -4,17 +4,21 @@
 use std::process::ExitCode;
 
 use super::debug_client::{Client, DebugAddr, table};
+use crate::debug::diff::{SectionDiff, diff_dumps};
 use crate::debug::sync::{Nackz, SyncStatus};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only this proxy (`<pod>.<namespace>`); adds each NACK's resources and the Istio objects behind them.
     proxy: Option<String>,
+    /// With PROXY: that Envoy's admin address; diffs what rudder sent with Envoy's own `/config_dump`.
+    #[arg(long, requires = "proxy")]
+    envoy_admin: Option<String>,
     #[command(flatten)]
     addr: DebugAddr,
 }
 
-/// Exit codes: 0 all shown proxies synced or in flight, 1 some NACKED (or an error).
+/// Exit codes: 0 all shown proxies synced or in flight, 1 some NACKED, a dump differs, or an error.
 pub fn run(args: Args) -> ExitCode {
     match status(&args) {
         Ok((out, nacked)) => {
@@ -50,7 +54,50 @@ fn status(args: &Args) -> anyhow::Result<(String, bool)> {
         }
     }
     let nackz: Nackz = serde_json::from_value(client.get("/debug/nackz")?)?;
-    Ok(render(&all, &nackz, args.proxy.is_some()))
+    let (mut out, mut bad) = render(&all, &nackz, args.proxy.is_some());
+    if let (Some(proxy), Some(admin)) = (&args.proxy, &args.envoy_admin) {
+        let ours = client.get(&format!("/debug/config_dump?proxyID={proxy}"))?;
+        let theirs = client.get_url(&envoy_url(admin))?;
+        let (text, differs) = render_diff(&diff_dumps(&ours, &theirs));
+        out.push('\n');
+        out.push_str(&text);
+        bad |= differs;
+    }
+    Ok((out, bad))
+}
+
+fn envoy_url(admin: &str) -> String {
+    let base = if admin.starts_with("http://") {
+        admin.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{admin}")
+    };
+    format!("{base}/config_dump?include_eds")
+}
+
+/// One line per section: in sync, or what differs. Returns whether anything differs.
+pub fn render_diff(diffs: &[SectionDiff]) -> (String, bool) {
+    let mut out = String::from("rudder vs Envoy /config_dump:\n");
+    let mut differs = false;
+    for d in diffs {
+        if d.is_clean() {
+            out.push_str(&format!("  {}: {} in sync\n", d.section, d.in_sync));
+            continue;
+        }
+        differs = true;
+        out.push_str(&format!("  {}: {} in sync", d.section, d.in_sync));
+        for (what, names) in [
+            ("differ", &d.differ),
+            ("only sent by rudder", &d.only_rudder),
+            ("only in Envoy", &d.only_envoy),
+        ] {
+            if !names.is_empty() {
+                out.push_str(&format!("; {what}: {}", names.join(", ")));
+            }
+        }
+        out.push('\n');
+    }
+    (out, differs)
 }
 
 /// The table, then one line per NACK (with resources and objects when `detail`). Returns whether any is NACKED.
