@@ -146,3 +146,99 @@ pub fn render(all: &[SyncStatus], nackz: &Nackz, detail: bool) -> (String, bool)
     }
     (out, nacked)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debug::sync::{NackInfo, NackedResource, ProxyNacks};
+
+    fn status(proxy: &str) -> SyncStatus {
+        SyncStatus {
+            proxy_id: proxy.into(),
+            proxy_type: "sidecar".into(),
+            cluster_sent: "3".into(),
+            cluster_acked: "2".into(),
+            listener_sent: "4".into(),
+            listener_acked: "4".into(),
+            route_sent: "5".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_states_and_nack_details() {
+        let mut a = status("a.shop");
+        a.nacks.insert("cds".into(), "Invalid path: /x".into());
+        let b = status("b.shop");
+        let nackz = Nackz {
+            proxies: vec![ProxyNacks {
+                proxy: "a.shop".into(),
+                nacks: vec![NackInfo {
+                    type_short: "cds".into(),
+                    type_url: String::new(),
+                    nonce: "3".into(),
+                    version: "v".into(),
+                    code: 13,
+                    message: "Invalid path: /x".into(),
+                    at: String::new(),
+                    resources: vec![NackedResource {
+                        name: "outbound|80||db".into(),
+                        config: vec!["DestinationRule shop/db".into()],
+                    }],
+                }],
+            }],
+            rejected_config: Vec::new(),
+        };
+        let (out, nacked) = render(&[a, b], &nackz, true);
+        assert!(nacked);
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .take(3)
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows[0][..7],
+            ["NAME", "TYPE", "CDS", "LDS", "EDS", "RDS", "SDS"]
+        );
+        assert_eq!(
+            rows[1][..7],
+            [
+                "a.shop", "sidecar", "NACKED", "SYNCED", "NOT SENT", "STALE", "NOT SENT"
+            ]
+        );
+        assert_eq!(rows[2][2], "STALE");
+        assert!(out.contains("a.shop CDS NACKED: Invalid path: /x"), "{out}");
+        assert!(
+            out.contains("rejected outbound|80||db (from DestinationRule shop/db)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn diff_lines_say_what_differs() {
+        let (out, differs) = render_diff(&[
+            SectionDiff {
+                section: "clusters",
+                in_sync: 3,
+                ..Default::default()
+            },
+            SectionDiff {
+                section: "routes",
+                in_sync: 1,
+                only_rudder: vec!["80".into()],
+                ..Default::default()
+            },
+        ]);
+        assert!(differs);
+        assert!(out.contains("  clusters: 3 in sync\n"), "{out}");
+        assert!(
+            out.contains("  routes: 1 in sync; only sent by rudder: 80\n"),
+            "{out}"
+        );
+    }
+}
