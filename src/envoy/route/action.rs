@@ -37,7 +37,6 @@ const PREVIOUS_PRIORITIES: &str = "envoy.retry_priorities.previous_priorities";
 pub struct Target {
     pub cluster: String,
     pub host: String,
-    pub service_ns: String,
     pub port: u16,
     pub subset: String,
 }
@@ -59,9 +58,6 @@ pub fn target(ctx: &Ctx<'_, '_>, dest: &Destination, ns: &str) -> Target {
     let subset = dest.subset.clone().unwrap_or_default();
     Target {
         cluster: ClusterName::outbound(port, &subset, &host).to_string(),
-        service_ns: service
-            .map(|s| s.namespace.clone())
-            .unwrap_or_else(|| ns.to_string()),
         host,
         port,
         subset,

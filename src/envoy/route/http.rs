@@ -252,12 +252,12 @@ fn hash(
     ctx: &Ctx<'_, '_>,
     t: &Target,
 ) -> Option<envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy> {
-    hash_policy_for(ctx.scope, &t.host, &t.service_ns, t.port, &t.subset)
+    hash_policy_for(ctx.scope, &t.host, t.port, &t.subset)
 }
 
 /// The route for a service without VirtualService: everything to `outbound|<port>||<host>`, Istio's default retry
 /// policy, no timeout.
-pub fn default_route(ctx: &Ctx<'_, '_>, host: &str, service_ns: &str) -> Route {
+pub fn default_route(ctx: &Ctx<'_, '_>, host: &str) -> Route {
     let cluster = ClusterName::outbound(ctx.port, "", host).to_string();
     let (timeout, max_stream) = action::timeout(None);
     Route {
@@ -272,7 +272,7 @@ pub fn default_route(ctx: &Ctx<'_, '_>, host: &str, service_ns: &str) -> Route {
             timeout: Some(timeout),
             max_stream_duration: Some(max_stream),
             retry_policy: Some(action::default_retry_policy()),
-            hash_policy: hash_policy_for(ctx.scope, host, service_ns, ctx.port, "")
+            hash_policy: hash_policy_for(ctx.scope, host, ctx.port, "")
                 .into_iter()
                 .collect(),
             ..Default::default()

@@ -102,7 +102,7 @@ fn route_config(
             .map(|g| http::routes(ctx, &g.rules))
             .filter(|r| !r.is_empty())
             .or_else(|| traffic_split::route_for(ctx, host).map(|r| vec![r]))
-            .unwrap_or_else(|| vec![http::default_route(ctx, host, &svc.namespace)]);
+            .unwrap_or_else(|| vec![http::default_route(ctx, host)]);
         add(
             virtual_host(host, port),
             domains::service_domains(svc, port, ctx.scope.namespace()),
