@@ -7,6 +7,7 @@ mod iptables;
 mod proxy_config;
 mod proxy_status;
 mod crds;
+mod kube_inject;
 mod validate;
 mod wait;
 
@@ -52,6 +53,8 @@ enum Command {
     Wait(wait::Args),
     /// Print the CustomResourceDefinitions of every Istio kind rudder serves (or write them to a directory).
     Crds(crds::Args),
+    /// Inject the sidecar into the workloads of a manifest (`-f FILE` or `-f -`), like `istioctl kube-inject`.
+    KubeInject(kube_inject::Args),
     /// Print the version.
     Version,
 }
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         }
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::KubeInject(args) => kube_inject::run(args),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Wait(args) => wait::run(args),
