@@ -65,17 +65,8 @@ pub struct Issued {
     pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
-}
-
-impl Issued {
-    /// Half-way through the validity period: when rotation replaces the certificate.
-    pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
-    }
+    /// Half the lifetime after issuance (the backdated start does not count): when rotation replaces it.
+    pub refresh_at: SystemTime,
 }
 
 impl std::fmt::Debug for Issued {
@@ -83,6 +74,7 @@ impl std::fmt::Debug for Issued {
         f.debug_struct("Issued")
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
+            .field("refresh_at", &self.refresh_at)
             .finish_non_exhaustive()
     }
 }
@@ -262,6 +254,7 @@ impl Ca {
             // X.509 keeps whole seconds; report what the certificate says.
             not_before: truncate_secs(not_before),
             not_after: truncate_secs(not_after),
+            refresh_at: now + ttl / 2,
         })
     }
 }

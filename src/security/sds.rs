@@ -82,6 +82,8 @@ pub struct SecretIssuer {
     cache: Mutex<HashMap<Key, Entry>>,
     /// Streams already warned about, so a refused proxy is logged once, not on every push.
     warned: Mutex<HashSet<u64>>,
+    /// Signalled on every issuance, so the rotation task re-plans its wake-up for the new certificate.
+    issued: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for SecretIssuer {
@@ -101,6 +103,7 @@ impl SecretIssuer {
             ca: RwLock::new(Arc::new(ca)),
             cache: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
+            issued: tokio::sync::Notify::new(),
         }
     }
 
@@ -162,20 +165,38 @@ impl SecretIssuer {
         self.cache.lock().insert(
             key,
             Entry {
-                refresh_at: issued.refresh_at(),
+                refresh_at: issued.refresh_at,
                 not_after: issued.not_after,
                 resources: resources.clone(),
             },
         );
+        self.issued.notify_one();
         resources
     }
 
     /// Drops expired entries and returns the earliest renewal time of the others.
     pub fn next_refresh(&self) -> Option<SystemTime> {
+        self.next_refresh_after(SystemTime::UNIX_EPOCH)
+    }
+
+    /// Drops expired entries and returns the earliest renewal time later than `after`.
+    fn next_refresh_after(&self, after: SystemTime) -> Option<SystemTime> {
         let now = SystemTime::now();
         let mut cache = self.cache.lock();
         cache.retain(|_, e| e.not_after > now);
-        cache.values().map(|e| e.refresh_at).min()
+        cache
+            .values()
+            .map(|e| e.refresh_at)
+            .filter(|t| *t > after)
+            .min()
+    }
+
+    /// Whether a certificate reached half-life in `(after, until]`.
+    fn due_between(&self, after: SystemTime, until: SystemTime) -> bool {
+        self.cache
+            .lock()
+            .values()
+            .any(|e| e.refresh_at > after && e.refresh_at <= until)
     }
 
     /// Re-reads the CA from its source; `true` when the trust bundle or signing chain changed, in which case
@@ -209,15 +230,23 @@ impl SecretIssuer {
     /// Runs until dropped: wakes when a certificate reaches half-life or the CA files change, and calls `push`
     /// so every connected proxy's secrets are recomputed (only changed ones are sent).
     pub async fn run_rotation(self: Arc<Self>, push: impl Fn() + Send) {
+        // Renewals due up to here were pushed. A certificate of a proxy that went away stays due until it
+        // expires; remembering this keeps the loop from pushing for it again and again.
+        let mut checked = SystemTime::now();
         loop {
-            let now = SystemTime::now();
             let wait = self
-                .next_refresh()
-                .map(|t| t.duration_since(now).unwrap_or_default())
+                .next_refresh_after(checked)
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
                 .unwrap_or(ROTATION_TICK)
                 .min(ROTATION_TICK);
-            tokio::time::sleep(wait).await;
-            let due = self.next_refresh().is_some_and(|t| t <= SystemTime::now());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // A new certificate may be due before the planned wake-up.
+                _ = self.issued.notified() => continue,
+            }
+            let now = SystemTime::now();
+            let due = self.due_between(checked, now);
+            checked = now;
             if self.reload() || due {
                 push();
             }

@@ -102,11 +102,21 @@ fn refused_proxies_get_nothing() {
 #[test]
 fn certificates_renew_at_half_life() {
     let dir = tempfile::tempdir().unwrap();
-    // A 2 s TTL: the backdated start puts half-life in the past at once, so every request renews.
+    // X.509 validity is whole seconds; 2 s keeps `not_after` in the future while we wait for half-life (1 s).
     let issuer = issuer(dir.path(), Duration::from_secs(2));
     let p = proxy("a", "p", Some(("a", "sa")), 1);
     let first = issuer.secrets(&p, None);
-    assert!(issuer.next_refresh().unwrap() <= SystemTime::now());
+    assert!(
+        Arc::ptr_eq(&first[0], &issuer.secrets(&p, None)[0]),
+        "kept before half-life"
+    );
+    let due = issuer.next_refresh().unwrap();
+    let until = due.duration_since(SystemTime::now()).unwrap_or_default();
+    assert!(
+        until <= Duration::from_secs(1),
+        "half-life after issuance"
+    );
+    std::thread::sleep(until);
     let second = issuer.secrets(&p, None);
     assert_ne!(first[0].version, second[0].version, "renewed certificate");
     assert_eq!(first[1].version, second[1].version, "same trust bundle");
