@@ -89,6 +89,58 @@ struct DiscoveryArgs {
     /// Debug REST API and metrics (istiod's port 15014).
     #[arg(long, default_value = "0.0.0.0:15014", env = "RUDDER_DEBUG_ADDR")]
     debug_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
+/// The CA, SDS and the TLS xDS server; on when `--jwks` is given.
+#[derive(Debug, clap::Args)]
+struct IdentityArgs {
+    /// The cluster token issuer's JWKS (JSON file): turns on TLS ADS with SDS certificates for proxies that
+    /// present a service-account token it verifies.
+    #[arg(long, env = "RUDDER_JWKS")]
+    jwks: Option<PathBuf>,
+    /// TLS ADS address (istiod's port 15012).
+    #[arg(long, default_value = "0.0.0.0:15012", env = "RUDDER_SECURE_GRPC_ADDR")]
+    secure_grpc_addr: std::net::SocketAddr,
+    /// State directory of the self-signed root CA (created on first start, key mode 0600).
+    #[arg(long, default_value = "/var/lib/rudder/ca", env = "RUDDER_CA_DIR")]
+    ca_dir: PathBuf,
+    /// Plugged-in CA directory (Istio's `cacerts`: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    #[arg(long, env = "RUDDER_CACERTS")]
+    cacerts: Option<PathBuf>,
+    /// Trust domain of the SPIFFE ids.
+    #[arg(long, default_value = crate::security::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Workload certificate lifetime (renewed at half-life).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: Duration,
+    /// Accepted token audience.
+    #[arg(long, default_value = crate::security::auth::DEFAULT_AUDIENCE)]
+    token_audience: Vec<String>,
+    /// Required token issuer (`iss`), if any.
+    #[arg(long)]
+    token_issuer: Option<String>,
+    /// Namespace of the serving certificate's names (`istiod.<ns>.svc`, `rudder.<ns>.svc`).
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+}
+
+impl IdentityArgs {
+    fn config(self) -> Option<crate::security::Config> {
+        let jwks = self.jwks?;
+        let mut cfg = crate::security::Config::new(self.ca_dir, jwks);
+        if let Some(dir) = self.cacerts {
+            cfg.ca = crate::security::CaSource::Plugged { dir };
+        }
+        cfg.tls_addr = self.secure_grpc_addr;
+        cfg.trust_domain = self.trust_domain;
+        cfg.workload_ttl = self.workload_cert_ttl;
+        cfg.audiences = self.token_audience;
+        cfg.issuer = self.token_issuer;
+        cfg.root_namespace = self.root_namespace;
+        Some(cfg)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -133,6 +185,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         grpc_addr,
         push_concurrency,
         debug_addr,
+        identity,
     } = args;
     let use_kube = !no_kube && (kubeconfig.is_some() || kube_source::config_available());
     if config_dir.is_none() && !use_kube {
@@ -150,6 +203,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         xds_addr: (!once).then_some(grpc_addr),
         push_concurrency,
         debug_addr: (!once).then_some(debug_addr),
+        identity: if once { None } else { identity.config() },
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
