@@ -20,6 +20,7 @@ mod eds_tests;
 #[cfg(test)]
 mod tests;
 
+use crate::envoy::proto::stable_map;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -288,24 +289,30 @@ fn outbound_cluster(scope: &ProxyScope<'_>, t: &OutboundTarget) -> Option<Cluste
     policy::apply_load_balancer(&mut cluster, lb);
     let sni = (!t.service.hostname.starts_with('*')).then_some(t.service.hostname.as_str());
     cluster.transport_socket = tls::transport_socket(t.policy.tls.as_ref(), sni, &what);
+    if let Some(pp) = &t.policy.proxy_protocol {
+        cluster.transport_socket = Some(tls::with_proxy_protocol(
+            cluster.transport_socket.take(),
+            pp.version,
+        ));
+    }
+    policy::apply_retry_budget(&mut cluster, t.policy.retry_budget.as_ref());
     set_protocol_options(&mut cluster, options);
     cluster.metadata = Some(outbound_metadata(t));
     Some(cluster)
 }
 
-/// `filter_metadata.istio` as istiod writes it: the service (for telemetry), the DestinationRule that shaped the
+/// `filter_metadata.istio` as istiod writes it (maps from `stable_map`, so equal clusters encode identically): the service (for telemetry), the DestinationRule that shaped the
 /// cluster (`config`, read by the debug API), the subset, and `external` for MESH_EXTERNAL services.
 fn outbound_metadata(t: &OutboundTarget) -> Metadata {
     let svc = &t.service;
     let service = Struct {
-        fields: [
+        fields: stable_map([
             ("host".to_string(), string_value(&svc.hostname)),
             ("name".to_string(), string_value(&svc.name)),
             ("namespace".to_string(), string_value(&svc.namespace)),
-        ]
-        .into(),
+        ]),
     };
-    let mut fields: std::collections::HashMap<String, Value> = [(
+    let mut fields: std::collections::HashMap<String, Value> = stable_map([(
         "services".to_string(),
         Value {
             kind: Some(Kind::ListValue(ListValue {
@@ -314,8 +321,7 @@ fn outbound_metadata(t: &OutboundTarget) -> Metadata {
                 }],
             })),
         },
-    )]
-    .into();
+    )]);
     if let Some(rule) = &t.rule {
         fields.insert(
             "config".to_string(),

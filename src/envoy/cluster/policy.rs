@@ -5,16 +5,17 @@
 use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    CommonLbConfig, DiscoveryType, LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig,
+    CommonLbConfig, DiscoveryType, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig,
+    RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
     common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
-    circuit_breakers::Thresholds,
+    circuit_breakers::Thresholds, circuit_breakers::thresholds::RetryBudget as EnvoyRetryBudget,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions,
-    TcpKeepalive,
+    RuntimeDouble, TcpKeepalive,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -26,7 +27,7 @@ use envoy_types::pb::google::protobuf::{Duration, UInt32Value, UInt64Value};
 
 use crate::config::istio::networking::{
     ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings,
-    LocalityLbSetting, OutlierDetection, SimpleLb, TrafficPolicy,
+    LocalityLbSetting, OutlierDetection, ProxyProtocol, RetryBudget, SimpleLb, TrafficPolicy,
 };
 
 /// The policy components that apply to one cluster (one port, maybe one subset).
@@ -36,6 +37,9 @@ pub struct EffectivePolicy {
     pub outlier_detection: Option<OutlierDetection>,
     pub load_balancer: Option<LoadBalancerSettings>,
     pub tls: Option<ClientTlsSettings>,
+    /// Host-level or subset only (no port-level form).
+    pub retry_budget: Option<RetryBudget>,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl EffectivePolicy {
@@ -50,6 +54,8 @@ impl EffectivePolicy {
             outlier_detection: policy.outlier_detection.clone(),
             load_balancer: policy.load_balancer.clone(),
             tls: policy.tls.clone(),
+            retry_budget: policy.retry_budget.clone(),
+            proxy_protocol: policy.proxy_protocol.clone(),
         };
         let port_level = policy
             .port_level_settings
@@ -61,6 +67,7 @@ impl EffectivePolicy {
                 outlier_detection: p.outlier_detection.clone(),
                 load_balancer: p.load_balancer.clone(),
                 tls: p.tls.clone(),
+                ..Default::default()
             });
         }
         out
@@ -88,6 +95,12 @@ impl EffectivePolicy {
         }
         if other.tls.is_some() {
             self.tls = other.tls;
+        }
+        if other.retry_budget.is_some() {
+            self.retry_budget = other.retry_budget;
+        }
+        if other.proxy_protocol.is_some() {
+            self.proxy_protocol = other.proxy_protocol;
         }
     }
 
@@ -354,6 +367,18 @@ pub fn apply_load_balancer(cluster: &mut Cluster, lb: Option<&LoadBalancerSettin
         }
     };
     cluster.lb_policy = policy as i32;
+    if let Some(slow) = lb.and_then(slow_start) {
+        cluster.lb_config = match policy {
+            LbPolicy::RoundRobin => Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
+                slow_start_config: Some(slow),
+            })),
+            LbPolicy::LeastRequest => Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                slow_start_config: Some(slow),
+                ..Default::default()
+            })),
+            _ => None,
+        };
+    }
     let Some(hash) = lb.and_then(|l| l.consistent_hash.as_ref()) else {
         return;
     };
@@ -412,5 +437,43 @@ pub fn apply_locality_config(cluster: &mut Cluster, setting: Option<&LocalityLbS
         common_lb(cluster).locality_config_specifier = Some(
             LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig::default()),
         );
+    }
+}
+
+/// Slow start for new endpoints (`warmup`, or the older `warmupDurationSecs`), for ROUND_ROBIN and LEAST_REQUEST.
+fn slow_start(lb: &LoadBalancerSettings) -> Option<SlowStartConfig> {
+    let warmup = lb.warmup.as_ref();
+    let window = warmup
+        .and_then(|w| w.duration)
+        .or(lb.warmup_duration_secs)?;
+    Some(SlowStartConfig {
+        slow_start_window: Some(duration(window.get())),
+        aggression: warmup.and_then(|w| w.aggression).map(|a| RuntimeDouble {
+            default_value: a,
+            runtime_key: "upstream.slow_start_aggression".into(),
+        }),
+        min_weight_percent: warmup
+            .and_then(|w| w.minimum_percent)
+            .map(|value| Percent { value }),
+    })
+}
+
+/// `retryBudget`: concurrent retries limited to a share of active requests (Istio's defaults: 20%, at least 3).
+pub fn apply_retry_budget(cluster: &mut Cluster, budget: Option<&RetryBudget>) {
+    let Some(b) = budget else {
+        return;
+    };
+    if let Some(t) = cluster
+        .circuit_breakers
+        .as_mut()
+        .and_then(|cb| cb.thresholds.first_mut())
+    {
+        t.retry_budget = Some(EnvoyRetryBudget {
+            budget_percent: Some(Percent {
+                value: b.percent.unwrap_or(20.0),
+            }),
+            min_retry_concurrency: Some(u32v(b.min_retry_concurrency.unwrap_or(3))),
+            budget_interval: b.budget_interval.map(|d| duration(d.get())),
+        });
     }
 }

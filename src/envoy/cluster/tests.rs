@@ -945,3 +945,58 @@ fn book_resilience_rule() {
     assert_eq!(od.consecutive_gateway_failure.unwrap().value, 1);
     assert_eq!(secs(&od.base_ejection_time), 180.0);
 }
+
+#[test]
+fn warmup_retry_budget_and_proxy_protocol() {
+    let snap = with(&dr(r#"  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      warmup: {duration: 45s, minimumPercent: 10, aggression: 2}
+    retryBudget: {percent: 25, minRetryConcurrency: 5}
+    proxyProtocol: {version: V2}
+    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}
+"#));
+    let cs = sidecar_clusters(&snap);
+    let c = find(&cs, REVIEWS);
+    let Some(LbConfig::RoundRobinLbConfig(rr)) = &c.lb_config else {
+        panic!("round robin config: {:?}", c.lb_config)
+    };
+    let slow = rr.slow_start_config.as_ref().unwrap();
+    assert_eq!(secs(&slow.slow_start_window), 45.0);
+    assert_eq!(slow.aggression.as_ref().unwrap().default_value, 2.0);
+    assert_eq!(slow.min_weight_percent.unwrap().value, 10.0);
+    let budget = thresholds(c).retry_budget.as_ref().unwrap();
+    assert_eq!(budget.budget_percent.unwrap().value, 25.0);
+    assert_eq!(budget.min_retry_concurrency.unwrap().value, 5);
+    // PROXY protocol wraps the TLS socket.
+    let ts = c.transport_socket.as_ref().unwrap();
+    assert_eq!(ts.name, "envoy.transport_sockets.upstream_proxy_protocol");
+    let Some(ConfigType::TypedConfig(a)) = &ts.config_type else {
+        panic!()
+    };
+    let pp = envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport::decode(a.value.as_slice()).unwrap();
+    assert_eq!(pp.config.unwrap().version, 1, "V2");
+    assert_eq!(
+        pp.transport_socket.unwrap().name,
+        "envoy.transport_sockets.tls"
+    );
+    // The subset's older warmupDurationSecs on LEAST_REQUEST; budget and PROXY protocol inherited.
+    let c = find(&cs, "outbound|9080|v1|reviews.shop.svc.cluster.local");
+    let Some(LbConfig::LeastRequestLbConfig(lr)) = &c.lb_config else {
+        panic!("least request config: {:?}", c.lb_config)
+    };
+    assert_eq!(
+        secs(&lr.slow_start_config.as_ref().unwrap().slow_start_window),
+        10.0
+    );
+    assert!(thresholds(c).retry_budget.is_some());
+    assert_eq!(
+        c.transport_socket.as_ref().unwrap().name,
+        "envoy.transport_sockets.upstream_proxy_protocol"
+    );
+}

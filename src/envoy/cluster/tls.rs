@@ -3,11 +3,14 @@
 //!
 //! ISTIO_MUTUAL (and auto-mTLS towards endpoints with a sidecar) needs the workload certificate served over SDS,
 //! which comes with the identity work: [`istio_mutual`] is the seam, and returns no transport socket for now so
-//! such clusters stay plaintext.
+//! such clusters stay plaintext. `trafficPolicy.proxyProtocol` wraps whichever socket results.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, TransportSocket, data_source, transport_socket,
+    DataSource, ProxyProtocolConfig, TransportSocket, data_source, proxy_protocol_config,
+    transport_socket,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
     UpstreamTlsContext, common_tls_context::ValidationContextType,
@@ -16,7 +19,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 
 use super::any;
-use crate::config::istio::networking::{ClientTlsMode, ClientTlsSettings};
+use crate::config::istio::networking::{ClientTlsMode, ClientTlsSettings, ProxyProtocolVersion};
 
 /// Envoy's name for the TLS transport socket.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -118,5 +121,35 @@ fn san_matcher(san: &str) -> SubjectAltNameMatcher {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Wraps the cluster's transport socket (plaintext when there is none) so Envoy sends a PROXY protocol header
+/// first (`trafficPolicy.proxyProtocol`).
+pub fn with_proxy_protocol(
+    inner: Option<TransportSocket>,
+    version: Option<ProxyProtocolVersion>,
+) -> TransportSocket {
+    let inner = inner.unwrap_or_else(|| TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &RawBuffer::default(),
+        ))),
+    });
+    let version = match version {
+        Some(ProxyProtocolVersion::V2) => proxy_protocol_config::Version::V2,
+        _ => proxy_protocol_config::Version::V1,
+    };
+    let wrapper = ProxyProtocolUpstreamTransport {
+        config: Some(ProxyProtocolConfig {
+            version: version as i32,
+            ..Default::default()
+        }),
+        transport_socket: Some(inner),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&wrapper))),
     }
 }
