@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod generator;
 pub mod listener;
 pub mod names;
+pub mod proto;
 pub mod route;
 
 pub use generator::Generator;

@@ -339,10 +339,11 @@ fn json_log_format() -> Struct {
         ("user_agent", "%REQ(USER-AGENT)%"),
     ];
     Struct {
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), string_value(v)))
-            .collect(),
+        fields: crate::envoy::proto::stable_map(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), string_value(v))),
+        ),
     }
 }
 

@@ -4,8 +4,6 @@
 //! order of rules and matches is kept). Translation stops after a catch-all route, as istiod does: anything after
 //! it is unreachable.
 
-use std::collections::HashMap;
-
 use envoy_types::pb::envoy::config::route::v3::{
     Decorator, Route, RouteAction,
     route::Action,
@@ -114,7 +112,7 @@ fn rule_route(ctx: &Ctx<'_, '_>, rule: &Rule) -> Option<Route> {
         response_headers_to_remove: resp.remove,
         ..Default::default()
     };
-    let mut filters = HashMap::new();
+    let mut filters = crate::envoy::proto::stable_map([]);
     if let Some(f) = http.fault.as_ref().and_then(|f| policy::fault(f, origin)) {
         filters.insert(FAULT_FILTER.to_string(), any(&f));
     }
