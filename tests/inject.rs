@@ -367,3 +367,72 @@ fn kube_inject_output_is_valid_kubernetes_objects_with_the_sidecar() {
     assert!(again.status.success());
     assert_eq!(String::from_utf8(again.stdout).unwrap(), text);
 }
+
+#[tokio::test]
+async fn webhook_serves_https_with_a_cert_chaining_to_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rudder::security::ca::Ca::self_signed(
+        dir.path(),
+        "cluster.local",
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let host = "istiod.istio-system.svc";
+    let issued = ca.issue_serving(&[host.to_string()]).unwrap();
+    let config =
+        rudder::inject::webhook::tls_config(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(rudder::inject::webhook::serve_tls(
+        listener,
+        config,
+        Arc::new(WebhookState::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // The API server's view: the Service name, verified against the CA bundle (caBundle) only.
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.root_pem().as_bytes()).unwrap())
+        .resolve(host, addr)
+        .build()
+        .unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+    let resp = client
+        .post(format!("https://{host}:{}/inject", addr.port()))
+        .json(&review(&pod, "shop"))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = resp.json().await.unwrap();
+    assert!(answer["response"]["patch"].is_string(), "{answer}");
+
+    // A client that trusts another root refuses the connection.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = rudder::security::ca::Ca::self_signed(
+        other_dir.path(),
+        "cluster.local",
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let stranger = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(other.root_pem().as_bytes()).unwrap())
+        .resolve(host, addr)
+        .build()
+        .unwrap();
+    assert!(
+        stranger
+            .post(format!("https://{host}:{}/inject", addr.port()))
+            .json(&review(&pod, "shop"))
+            .send()
+            .await
+            .is_err()
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -147,6 +147,98 @@ pub fn review_validate(review: &Value) -> Value {
     r
 }
 
+/// Errors starting the HTTPS webhook server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The certificate chain or key PEM could not be read.
+    #[error("webhook serving certificate: {0}")]
+    Pem(String),
+    /// rustls refused the certificate/key pair.
+    #[error("webhook TLS config: {0}")]
+    Tls(#[source] tokio_rustls::rustls::Error),
+}
+
+/// A TLS server config (ring) from a PEM chain (leaf first) and a PEM private key.
+pub fn tls_config(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<tokio_rustls::rustls::ServerConfig, Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(Error::Pem("no certificate in the chain PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::Pem(e.to_string()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(Error::Tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TCP listener that completes a TLS handshake before handing a connection to axum. A client that fails or
+/// stalls its handshake is dropped (after 10 s at most) without stopping the others' accepts for long.
+pub struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    /// Wraps a bound listener with `config`.
+    pub fn new(tcp: tokio::net::TcpListener, config: tokio_rustls::rustls::ServerConfig) -> Self {
+        TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook accept failed");
+                    continue;
+                }
+            };
+            let handshake = self.acceptor.accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "webhook TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "webhook TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serves the webhooks over HTTPS (istiod's 15017) until `shutdown` completes.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: tokio_rustls::rustls::ServerConfig,
+    state: Arc<WebhookState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(TlsListener::new(listener, config), router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Standard base64 with padding (the `patch` field's encoding).
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
