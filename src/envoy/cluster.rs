@@ -20,7 +20,6 @@ mod eds_tests;
 #[cfg(test)]
 mod tests;
 
-use crate::envoy::proto::stable_map;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -43,6 +42,7 @@ use self::policy::{EffectivePolicy, ProtocolOptions, duration};
 use crate::config::istio::networking::{DestinationRuleSpec, LoadBalancerSettings};
 use crate::envoy::endpoint::{assignment, string_value};
 use crate::envoy::names::ClusterName;
+use crate::envoy::proto::stable_map;
 use crate::model::proxy::{Istio, ProxyKind, ProxyScope};
 use crate::model::service::{Location, Protocol, Resolution, Service, ServicePort};
 

@@ -174,7 +174,8 @@ pub(crate) fn string_value(s: &str) -> Value {
 }
 
 fn endpoint_metadata(ep: &Endpoint) -> Metadata {
-    let mut filter_metadata = std::collections::HashMap::new();
+    // Two keys: build with the shared seed so equal endpoints encode identically (see `envoy::proto`).
+    let mut filter_metadata = crate::envoy::proto::stable_map([]);
     if ep.has_sidecar {
         filter_metadata.insert(
             TRANSPORT_SOCKET_MATCH.to_string(),
