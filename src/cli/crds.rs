@@ -142,7 +142,7 @@ pub fn all() -> Vec<(String, Value)> {
 fn crd(kind: Kind) -> Option<Value> {
     let spec = spec_schema(kind)?;
     let group = kind.group();
-    let category = format!("{}", group.replace('.', "-"));
+    let category = group.replace('.', "-");
     let categories = if group.ends_with("istio.io") {
         vec!["istio-io".to_string(), category]
     } else {
