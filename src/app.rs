@@ -16,6 +16,7 @@ use crate::config::store::Store;
 use crate::debug;
 use crate::envoy::Generator;
 use crate::envoy::generator::SecretSource;
+use crate::inject::webhook;
 use crate::model::builder::{self, Built, Debounce};
 use crate::security::{self, SecretIssuer};
 use crate::xds::{self, PushContext};
@@ -39,6 +40,17 @@ pub struct Config {
     pub identity: Option<security::Config>,
     /// Debug REST API and metrics (istiod's 15014); `None` disables it.
     pub debug_addr: Option<SocketAddr>,
+    /// Injection and validation webhooks over HTTPS (istiod's 15017); `None` disables them.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where and with which serving certificate the admission webhooks are served.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    /// PEM chain (serving certificate first) and PEM private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -52,6 +64,7 @@ impl Default for Config {
             kube: None,
             identity: None,
             debug_addr: None,
+            webhook: None,
         }
     }
 }
@@ -74,6 +87,8 @@ pub struct Bound {
     pub secret_issuer: Option<Arc<SecretIssuer>>,
     /// Where the debug API is served, when it is.
     pub debug_addr: Option<SocketAddr>,
+    /// Where the admission webhooks are served, when they are.
+    pub webhook_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
@@ -212,7 +227,12 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         ),
         None => None,
     };
+    let webhook_addr = match &cfg.webhook {
+        Some(w) => Some(start_webhook(w, store.clone(), &shutdown, &mut tasks).await?),
+        None => None,
+    };
     Ok(Bound {
+        webhook_addr,
         store,
         snapshots: rx,
         xds_addr,
@@ -225,6 +245,37 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         shutdown,
         tasks,
     })
+}
+
+/// Binds the HTTPS admission webhooks (`/inject`, `/validate`) and serves them until shutdown.
+async fn start_webhook(
+    w: &WebhookConfig,
+    store: Arc<Store>,
+    shutdown: &watch::Sender<bool>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let chain = std::fs::read(&w.cert).with_context(|| format!("webhook cert {}", w.cert.display()))?;
+    let key = std::fs::read(&w.key).with_context(|| format!("webhook key {}", w.key.display()))?;
+    let tls = webhook::tls_config(&chain, &key)?;
+    let listener = tokio::net::TcpListener::bind(w.addr)
+        .await
+        .with_context(|| format!("webhook bind {}", w.addr))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving injection and validation webhooks (HTTPS)");
+    let state = Arc::new(webhook::WebhookState {
+        store: Some(store),
+        ..Default::default()
+    });
+    let mut stop = shutdown.subscribe();
+    tasks.spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        webhook::serve_tls(listener, tls, state, stopped)
+            .await
+            .context("webhook server")
+    });
+    Ok(bound)
 }
 
 /// Binds the debug API and starts serving it (and the snapshot timing observer) until shutdown.

@@ -71,6 +71,15 @@ struct DiscoveryArgs {
     /// Do not watch Kubernetes even when a kubeconfig is found.
     #[arg(long)]
     no_kube: bool,
+    /// Serve the injection and validation webhooks over HTTPS here (istiod's 15017); needs --webhook-cert/-key.
+    #[arg(long, env = "RUDDER_WEBHOOK_ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// PEM serving certificate chain of the webhooks (for `istiod.istio-system.svc`).
+    #[arg(long, env = "RUDDER_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "RUDDER_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
     /// Rebuild once config has been quiet this long (istiod's PILOT_DEBOUNCE_AFTER).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     debounce_quiet: Duration,
@@ -179,6 +188,9 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         config_dir,
         kubeconfig,
         no_kube,
+        webhook_addr,
+        webhook_cert,
+        webhook_key,
         debounce_quiet,
         debounce_max,
         once,
@@ -209,6 +221,11 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let mut cfg = cfg;
+        if let (Some(addr), Some(cert), Some(key), false) =
+            (webhook_addr, webhook_cert, webhook_key, once)
+        {
+            cfg.webhook = Some(app::WebhookConfig { addr, cert, key });
+        }
         if use_kube {
             let client = kube_source::client(kubeconfig.as_deref()).await?;
             cfg.kube = Some(kube_source::KubeClient(client));
