@@ -40,6 +40,9 @@ pub struct Config {
     pub identity: Option<security::Config>,
     /// Debug REST API and metrics (istiod's 15014); `None` disables it.
     pub debug_addr: Option<SocketAddr>,
+    /// The same debug API on a second address (istiod's 8080, for `kubectl port-forward` habits). A convenience:
+    /// failing to bind it is logged, not fatal.
+    pub debug_alt_addr: Option<SocketAddr>,
     /// Injection and validation webhooks over HTTPS (istiod's 15017); `None` disables them.
     pub webhook: Option<WebhookConfig>,
 }
@@ -64,6 +67,7 @@ impl Default for Config {
             kube: None,
             identity: None,
             debug_addr: None,
+            debug_alt_addr: None,
             webhook: None,
         }
     }
@@ -201,7 +205,10 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            server.serve(listener, stopped).await.context("TLS xDS server")
+            server
+                .serve(listener, stopped)
+                .await
+                .context("TLS xDS server")
         });
         let wake = republish.clone();
         tasks.spawn(async move {
@@ -213,6 +220,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         Some(addr) => Some(
             start_debug(
                 addr,
+                cfg.debug_alt_addr,
                 debug::State {
                     store: store.clone(),
                     snapshots: rx.clone(),
@@ -254,7 +262,8 @@ async fn start_webhook(
     shutdown: &watch::Sender<bool>,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<SocketAddr> {
-    let chain = std::fs::read(&w.cert).with_context(|| format!("webhook cert {}", w.cert.display()))?;
+    let chain =
+        std::fs::read(&w.cert).with_context(|| format!("webhook cert {}", w.cert.display()))?;
     let key = std::fs::read(&w.key).with_context(|| format!("webhook key {}", w.key.display()))?;
     let tls = webhook::tls_config(&chain, &key)?;
     let listener = tokio::net::TcpListener::bind(w.addr)
@@ -281,6 +290,7 @@ async fn start_webhook(
 /// Binds the debug API and starts serving it (and the snapshot timing observer) until shutdown.
 async fn start_debug(
     addr: SocketAddr,
+    alt_addr: Option<SocketAddr>,
     state: debug::State,
     shutdown: &watch::Sender<bool>,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
@@ -294,16 +304,29 @@ async fn start_debug(
             .observe(state.snapshots.clone())
             .map(Ok),
     );
-    let mut stop = shutdown.subscribe();
     let router = debug::router(Arc::new(state));
-    tasks.spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        debug::serve(listener, router, stopped)
-            .await
-            .context("debug server")
-    });
+    let mut listeners = vec![listener];
+    if let Some(alt) = alt_addr {
+        match debug::bind(alt).await {
+            Ok((l, alt_bound)) => {
+                tracing::info!(addr = %alt_bound, "serving debug API (alternate port)");
+                listeners.push(l);
+            }
+            Err(e) => tracing::warn!(error = %e, "debug API alternate port not served"),
+        }
+    }
+    for listener in listeners {
+        let mut stop = shutdown.subscribe();
+        let router = router.clone();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            debug::serve(listener, router, stopped)
+                .await
+                .context("debug server")
+        });
+    }
     Ok(bound)
 }
 

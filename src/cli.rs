@@ -2,12 +2,12 @@
 //! `version`).
 
 mod bootstrap;
+mod crds;
 mod debug_client;
 mod iptables;
+mod kube_inject;
 mod proxy_config;
 mod proxy_status;
-mod crds;
-mod kube_inject;
 mod validate;
 mod wait;
 
@@ -98,6 +98,9 @@ struct DiscoveryArgs {
     /// Debug REST API and metrics (istiod's port 15014).
     #[arg(long, default_value = "0.0.0.0:15014", env = "RUDDER_DEBUG_ADDR")]
     debug_addr: std::net::SocketAddr,
+    /// The debug API again on istiod's 8080 (skipped with a warning when the port is taken).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "RUDDER_DEBUG_ALT_ADDR")]
+    debug_alt_addr: std::net::SocketAddr,
     #[command(flatten)]
     identity: IdentityArgs,
 }
@@ -197,6 +200,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         grpc_addr,
         push_concurrency,
         debug_addr,
+        debug_alt_addr,
         identity,
     } = args;
     let use_kube = !no_kube && (kubeconfig.is_some() || kube_source::config_available());
@@ -215,6 +219,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         xds_addr: (!once).then_some(grpc_addr),
         push_concurrency,
         debug_addr: (!once).then_some(debug_addr),
+        debug_alt_addr: (!once).then_some(debug_alt_addr),
         identity: if once { None } else { identity.config() },
         ..Default::default()
     };

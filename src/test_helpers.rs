@@ -2,5 +2,5 @@
 
 pub mod ads;
 pub mod envoy;
-pub mod xds_fixtures;
 pub mod mesh;
+pub mod xds_fixtures;

@@ -154,11 +154,16 @@ fn discovery_reacts_to_edits() {
             "discovery",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--debug-addr",
+            "127.0.0.1:0",
+            "--debug-alt-addr",
+            "127.0.0.1:0",
             "--debounce-quiet",
             "10ms",
             "--config-dir",
         ])
         .arg(dir.path())
+        .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -171,17 +176,43 @@ fn discovery_reacts_to_edits() {
             }
         }
     });
+    // Lines already read are kept, so the order in which rudder's tasks log does not matter.
+    let seen = std::cell::RefCell::new(Vec::<String>::new());
     let wait_for = |needle: &str| -> String {
+        if let Some(line) = seen.borrow().iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => continue,
+                Ok(line) => {
+                    seen.borrow_mut().push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
                 Err(_) => break,
             }
         }
         panic!("rudder never logged {needle:?}");
     };
+    // The debug API is also served on the alternate (istiod's 8080) address.
+    let line = wait_for("serving debug API (alternate port)");
+    let alt = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let alt = alt.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
+    let mut conn = std::net::TcpStream::connect(alt).unwrap();
+    conn.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     wait_for("watching config directory");
     std::fs::write(
         dir.path().join("50-new.yaml"),

@@ -200,12 +200,9 @@ fn meta_str<'a>(s: &'a Struct, key: &str) -> Option<&'a str> {
 fn tls(c: &Cluster) -> Option<UpstreamTlsContext> {
     let ts = c.transport_socket.as_ref()?;
     assert_eq!(ts.name, "envoy.transport_sockets.tls");
-    match &ts.config_type {
-        Some(ConfigType::TypedConfig(a)) => {
-            Some(UpstreamTlsContext::decode(a.value.as_slice()).unwrap())
-        }
-        None => None,
-    }
+    ts.config_type
+        .as_ref()
+        .map(|ConfigType::TypedConfig(a)| UpstreamTlsContext::decode(a.value.as_slice()).unwrap())
 }
 
 fn secs(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> f64 {
@@ -491,7 +488,8 @@ fn load_balancer_policies() {
 
 #[test]
 fn hash_policies_for_routes() {
-    let cases: &[(&str, fn(&PolicySpecifier) -> bool)] = &[
+    type Case = (&'static str, fn(&PolicySpecifier) -> bool);
+    let cases: &[Case] = &[
         (
             "{httpHeaderName: x-user}",
             |p| matches!(p, PolicySpecifier::Header(h) if h.header_name == "x-user"),

@@ -112,10 +112,7 @@ fn certificates_renew_at_half_life() {
     );
     let due = issuer.next_refresh().unwrap();
     let until = due.duration_since(SystemTime::now()).unwrap_or_default();
-    assert!(
-        until <= Duration::from_secs(1),
-        "half-life after issuance"
-    );
+    assert!(until <= Duration::from_secs(1), "half-life after issuance");
     std::thread::sleep(until);
     let second = issuer.secrets(&p, None);
     assert_ne!(first[0].version, second[0].version, "renewed certificate");
