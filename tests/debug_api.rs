@@ -4,7 +4,7 @@
 //! `/debug/nackz`, `proxy-status` and the reject metrics.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use rudder::app;
 use rudder::config::store::Store;
 use rudder::config::{Kind, ObjectKey};
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
+use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::{CLUSTER, LISTENER, ROUTE};
 use rudder::xds::{ConnectionStatus, Registry};
 use serde_json::Value;
@@ -23,14 +24,6 @@ const SIDECAR_NODE: &str = "sidecar~127.0.0.1~app-1.shop~shop.svc.cluster.local"
 const GATEWAY_NODE: &str = "router~127.0.0.2~ingress-1.istio-system~istio-system.svc.cluster.local";
 /// A Secret value that must never appear in debug output.
 const SECRET_B64: &str = "dG9wLXNlY3JldC1rZXk=";
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn mesh_yaml(gw_port: u16) -> String {
     format!(

@@ -14,21 +14,12 @@ use std::time::Duration;
 
 use rudder::app;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dynamic_resources};
+use rudder::test_helpers::mesh::start_rudder as start;
 use rudder::xds::Registry;
 use rudder::xds::type_url::{CLUSTER, ENDPOINT};
 use serde_json::Value;
 
 const BOOK: &str = "/work/shared/book/manifests";
-
-async fn start(dir: &Path) -> app::Bound {
-    app::build(app::Config {
-        config_dir: Some(dir.to_path_buf()),
-        xds_addr: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    })
-    .await
-    .expect("rudder starts")
-}
 
 /// The test helper's bootstrap without LDS: only clusters (and their endpoints) are requested.
 fn cds_only_bootstrap(node: &str, xds: SocketAddr, api: AdsApi) -> Value {

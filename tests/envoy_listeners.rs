@@ -2,12 +2,12 @@
 //! rudder generates for a sidecar is accepted, the outbound capture listener follows the mesh's outbound
 //! policy as it changes, and a gateway routes real traffic on loopback to a local HTTP server.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use rudder::app;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
+use rudder::test_helpers::mesh::{free_port, start_rudder as start};
 use rudder::xds::type_url::LISTENER;
 use rudder::xds::{ConnectionStatus, Registry};
 use serde_json::Value;
@@ -141,16 +141,6 @@ const SIDECAR_LISTENERS: [&str; 7] = [
     "virtualInbound",
     "virtualOutbound",
 ];
-
-async fn start(dir: &Path) -> app::Bound {
-    app::build(app::Config {
-        config_dir: Some(dir.to_path_buf()),
-        xds_addr: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    })
-    .await
-    .expect("rudder starts")
-}
 
 /// Waits until Envoy `node` has ACKed a listener response and never NACKed one; panics with the NACK text.
 async fn wait_lds_acked(registry: &Registry, pod: &str) -> ConnectionStatus {
@@ -362,15 +352,6 @@ async fn upstream() -> SocketAddr {
     let app = axum::Router::new().fallback(|| async { "hello from fruits" });
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
-}
-
-/// A port free right now, for the Gateway server.
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn gateway_yaml(app_port: u16, gw_port: u16) -> String {

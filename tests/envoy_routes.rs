@@ -7,8 +7,7 @@
 //!   real sidecar and a real ingress gateway; both ACK their route configurations (no NACK in rudder's registry)
 //!   and `/config_dump` shows them with what rudder meant (vhosts, weights, fault filter config).
 
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,11 +23,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
-use rudder::app;
+
 use rudder::config::parse::{Document, parse_documents};
 use rudder::envoy::route::{CORS_FILTER, FAULT_FILTER, ROUTER_FILTER, route_configs};
 use rudder::model::Snapshot;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, envoy_binary};
+use rudder::test_helpers::mesh::{free_port, start_rudder as start};
 use rudder::test_helpers::mesh::{router, sidecar};
 use rudder::xds::Registry;
 use rudder::xds::type_url::ROUTE;
@@ -520,14 +520,6 @@ fn envoy_validates_every_virtual_service_feature() {
 
 // ---- over ADS ------------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits until the proxy `pod` has ACKed route configurations `names` and never NACKed any; panics with the NACK.
 async fn wait_rds_acked(registry: &Registry, pod: &str, names: &[String]) {
     registry
@@ -656,16 +648,6 @@ async fn serve_scenario(
     drop(gw);
     bound.shutdown().await;
     (side_routes, gw_routes)
-}
-
-async fn start(dir: &Path) -> app::Bound {
-    app::build(app::Config {
-        config_dir: Some(dir.to_path_buf()),
-        xds_addr: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    })
-    .await
-    .expect("rudder starts")
 }
 
 fn find<'a>(routes: &'a [(String, Value)], name: &str) -> &'a Value {

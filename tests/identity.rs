@@ -3,7 +3,7 @@
 //! Real Envoy 1.40 gets its certificate with the stock `google_grpc` + file-based-metadata bootstrap and two
 //! Envoys speak mTLS with rudder-issued SPIFFE certificates.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use rudder::security::bootstrap::{sds_over_ads, tls_ads_grpc_service, use_tls_ad
 use rudder::security::testing::{TestIssuer, TokenSpec};
 use rudder::security::{self, CaSource};
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, envoy_binary};
+use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::SECRET;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -248,15 +249,6 @@ async fn secrets_only_for_the_rightful_proxy_over_tls() {
         names(&plain)
     );
     mesh.bound.shutdown().await;
-}
-
-/// A free loopback port right now, for an Envoy listener.
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// SDS-fed TLS context: rudder's `default` certificate, peers validated against `ROOTCA` and `san`.

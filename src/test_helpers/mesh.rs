@@ -80,3 +80,22 @@ pub fn router<'a>(
         },
     )
 }
+
+/// The whole control plane in process on loopback: the file source on `dir`, plaintext ADS on a free port.
+pub async fn start_rudder(dir: &std::path::Path) -> crate::app::Bound {
+    crate::app::build(crate::app::Config {
+        config_dir: Some(dir.to_path_buf()),
+        xds_addr: Some("127.0.0.1:0".parse().expect("loopback address")),
+        ..Default::default()
+    })
+    .await
+    .expect("rudder starts")
+}
+
+/// A loopback TCP port that was free a moment ago (for Envoy listeners the test points traffic at).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
