@@ -599,11 +599,7 @@ async fn gateway_with_traffic(
     app_port: u16,
     dr_spec: &str,
 ) -> (app::Bound, Envoy, String) {
-    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let gw_port = rudder::test_helpers::mesh::free_port();
     std::fs::write(
         dir.join("mesh.yml"),
         traffic_yaml(app_port, gw_port, dr_spec),

@@ -2,7 +2,7 @@
 //! flows, a rejected resource is recorded as a NACK while Envoy keeps its last good config, and a control
 //! plane restart does not disturb traffic.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 
 use std::time::Duration;
 
@@ -27,10 +27,7 @@ async fn upstream() -> SocketAddr {
 
 /// A port free right now, for Envoy's listener.
 fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], rudder::test_helpers::mesh::free_port()))
 }
 
 fn config(up: SocketAddr, listen: SocketAddr, tag: &str) -> StaticGenerator {

@@ -92,10 +92,28 @@ pub async fn start_rudder(dir: &std::path::Path) -> crate::app::Bound {
     .expect("rudder starts")
 }
 
-/// A loopback TCP port that was free a moment ago (for Envoy listeners the test points traffic at).
+/// A TCP port free on every interface right now, for Envoy listeners the test points traffic at.
+///
+/// Ports come from below the kernel's ephemeral range (32768+), walked from a per-process start: a port
+/// taken from the ephemeral range can be handed to some outgoing connection between this probe and
+/// Envoy's bind, which made listener updates fail with "Address already in use".
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        // Envoy listeners bind 0.0.0.0, so probe the wildcard address, not only loopback.
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOW}..{}", LOW + SPAN)
 }
