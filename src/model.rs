@@ -2,6 +2,7 @@
 //! built from the store after a debounce. Imports no kube, tonic or Envoy types.
 
 pub mod builder;
+pub mod peer_auth;
 pub mod proxy;
 pub mod registry;
 pub mod service;
