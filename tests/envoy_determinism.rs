@@ -40,6 +40,7 @@ fn regenerating_the_same_config_gives_the_same_versions() {
             pod: "fruits-api-deployment-v1-7d9c8b6f5-abcde".into(),
             namespace: "micro-shake-factory".into(),
             labels: BTreeMap::new(),
+            mtls: false,
         },
         ProxyMeta {
             kind: ProxyKind::Router,
@@ -47,6 +48,7 @@ fn regenerating_the_same_config_gives_the_same_versions() {
             pod: "istio-ingressgateway-5d8d9b9c7-x2x4p".into(),
             namespace: "istio-system".into(),
             labels: BTreeMap::new(),
+            mtls: false,
         },
     ];
     for meta in &proxies {

@@ -14,18 +14,21 @@ use crate::xds::{Generate, Proxy, ProxyType, ResourceSet, XdsResource, type_url}
 
 /// What a proxy's clusters, endpoints and routes depend on besides the snapshot: proxies that agree on it share
 /// one encoded set. Listeners also depend on the workload's own ports and address, so they key on the pod.
+/// Whether the proxy can do mTLS (has an identity, so gets SDS secrets) changes listeners and clusters alike.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ViewKey {
     Shared {
         kind: ProxyKind,
         namespace: String,
         labels: BTreeMap<String, String>,
+        mtls: bool,
     },
     Pod {
         kind: ProxyKind,
         namespace: String,
         pod: String,
         ip: String,
+        mtls: bool,
     },
 }
 
@@ -101,6 +104,8 @@ pub fn proxy_meta(proxy: &Proxy) -> ProxyMeta {
         pod: proxy.id.pod.clone(),
         namespace: proxy.id.namespace.clone(),
         labels,
+        // Only a proxy authenticated on the TLS xDS server is served `default`/`ROOTCA`.
+        mtls: proxy.identity.is_some(),
     }
 }
 
@@ -154,12 +159,14 @@ impl Generate for Generator {
                 namespace: scope.meta.namespace.clone(),
                 pod: scope.meta.pod.clone(),
                 ip: scope.meta.ip.clone(),
+                mtls: scope.meta.mtls,
             }
         } else {
             ViewKey::Shared {
                 kind: scope.meta.kind,
                 namespace: scope.meta.namespace.clone(),
                 labels: scope.labels.clone(),
+                mtls: scope.meta.mtls,
             }
         };
         if let Some(hit) = self.cache.lock().get(&(static_type, key.clone())) {

@@ -30,6 +30,10 @@ pub struct ProxyMeta {
     pub namespace: String,
     /// Labels from node metadata, used when the Pod is not (yet) in the snapshot.
     pub labels: BTreeMap<String, String>,
+    /// Whether the proxy proved its identity (TLS xDS with a service-account token) and so can get its
+    /// certificate over SDS: only then do its listeners and clusters reference the `default`/`ROOTCA` secrets,
+    /// which would otherwise never arrive and keep them from warming.
+    pub mtls: bool,
 }
 
 /// A VirtualService, DestinationRule, Gateway or Sidecar with its namespace and name.

@@ -51,6 +51,7 @@ pub fn sidecar<'a>(snapshot: &'a Snapshot, namespace: &str, pod: &str) -> ProxyS
             pod: pod.into(),
             namespace: namespace.into(),
             labels: BTreeMap::new(),
+            mtls: false,
         },
     )
 }
@@ -77,6 +78,7 @@ pub fn router<'a>(
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            mtls: false,
         },
     )
 }
