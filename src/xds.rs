@@ -16,6 +16,7 @@
 mod connection;
 pub mod debounce;
 mod delta;
+mod grpc;
 pub mod metrics;
 pub mod node;
 pub mod registry;

@@ -16,9 +16,10 @@ use std::time::{Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::grpc::RequestStream;
 use super::registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
 use super::{Authenticate, Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
@@ -227,8 +228,8 @@ pub(crate) fn control_plane() -> Option<ControlPlane> {
 
 /// How one ADS flavour reads requests and builds responses.
 pub(crate) trait Flavor: Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Send + 'static;
     const PROTOCOL: Protocol;
 
     fn node(req: &Self::Request) -> Option<&Node>;
@@ -267,7 +268,7 @@ impl Drop for Registered {
 pub(crate) async fn run<F: Flavor>(
     shared: Arc<Shared>,
     metadata: tonic::metadata::MetadataMap,
-    mut inbound: Streaming<F::Request>,
+    mut inbound: RequestStream<F::Request>,
     out: Out<F>,
 ) {
     // Waiting for the first request also ends on drain, so a silent client cannot hold shutdown up.
@@ -335,7 +336,7 @@ impl ConnState {
     async fn serve<F: Flavor>(
         mut self,
         first: F::Request,
-        mut inbound: Streaming<F::Request>,
+        mut inbound: RequestStream<F::Request>,
         out: Out<F>,
     ) {
         info!("ADS stream connected");

@@ -1,4 +1,5 @@
-//! The tonic ADS service and its lifecycle: bind, serve, drain.
+//! The ADS server's lifecycle: bind, serve (tonic's HTTP/2 server with the wire-level service of
+//! [`super::grpc`]), drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -6,21 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, info, info_span, warn};
+use tokio::sync::{Semaphore, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
 
-use super::connection::{self, Shared};
-use super::delta::Delta;
-use super::sotw::Sotw;
+use super::connection::Shared;
+use super::grpc::AdsGrpc;
 use super::{Authenticate, Error, Metrics, PushContext, Registry};
 
 /// Responses queued per stream before the stream task waits for Envoy to read: one per type in a push
@@ -136,9 +129,11 @@ impl Server {
             drain: drain_rx,
             ids: AtomicU64::new(0),
         });
-        let svc = AggregatedDiscoveryServiceServer::new(AdsService { shared })
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let svc = AdsGrpc {
+            shared,
+            max_message: MAX_MESSAGE_SIZE,
+            queue: RESPONSE_QUEUE,
+        };
         info!(%addr, tls = self.cfg.tls.is_some(), "xDS server listening");
         let registry = self.registry;
         let signal = async move {
@@ -167,52 +162,5 @@ impl Server {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await
             .map_err(Error::Serve)
-    }
-}
-
-/// The gRPC service: spawns one task per stream.
-struct AdsService {
-    shared: Arc<Shared>,
-}
-
-impl AdsService {
-    /// New streams are refused once draining (or once the serving future is gone), so Envoy goes elsewhere.
-    fn check_open(&self) -> Result<(), Status> {
-        if *self.shared.drain.borrow() || self.shared.drain.has_changed().is_err() {
-            return Err(Status::unavailable("xDS server is draining"));
-        }
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.check_open()?;
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        // The task ends with the stream (client gone, drain, or server dropped); the registry tracks it.
-        let metadata = request.metadata().clone();
-        let task = connection::run::<Sotw>(self.shared.clone(), metadata, request.into_inner(), tx);
-        tokio::spawn(task.instrument(info_span!("ads_stream")));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.check_open()?;
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let metadata = request.metadata().clone();
-        let task =
-            connection::run::<Delta>(self.shared.clone(), metadata, request.into_inner(), tx);
-        tokio::spawn(task.instrument(info_span!("ads_stream")));
-        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

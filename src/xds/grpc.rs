@@ -1,0 +1,302 @@
+//! The ADS gRPC service at the wire level (HTTP/2 + gRPC length-prefixed messages), in place of tonic's
+//! generated server; tonic still runs the HTTP/2 server, TLS and routing.
+//!
+//! Why: tonic's codec keeps one encode and one decode buffer per stream, each as large as the largest message
+//! the stream ever carried (a full CDS/EDS/RDS response is hundreds of KB). At thousands of proxies those idle
+//! buffers were most of the server's memory. Here every response is encoded into an exactly-sized buffer that
+//! is freed once HTTP/2 has written it, and request bytes are buffered only while a message is incomplete.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::metadata::MetadataMap;
+use tracing::{Instrument, info_span, warn};
+
+use super::connection::{self, Flavor, Shared};
+use super::delta::Delta;
+use super::sotw::Sotw;
+
+/// The gRPC service name of ADS.
+pub(crate) const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// Length of the gRPC message prefix: compressed flag and big-endian length.
+const PREFIX: usize = 5;
+
+/// The ADS service: one task per stream ([`connection::run`]).
+#[derive(Clone)]
+pub(crate) struct AdsGrpc {
+    pub shared: Arc<Shared>,
+    /// Largest request message accepted.
+    pub max_message: usize,
+    /// Responses queued per stream before its task waits for the client to read.
+    pub queue: usize,
+}
+
+impl tonic::server::NamedService for AdsGrpc {
+    const NAME: &'static str = ADS_SERVICE;
+}
+
+impl tower_service::Service<http::Request<Body>> for AdsGrpc {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix("/")
+            .and_then(|p| p.strip_prefix(ADS_SERVICE))
+            .and_then(|p| p.strip_prefix("/"));
+        ready(Ok(match method {
+            Some("StreamAggregatedResources") => self.open::<Sotw>(req),
+            Some("DeltaAggregatedResources") => self.open::<Delta>(req),
+            _ => Status::unimplemented(format!("no method {}", req.uri().path())).into_http(),
+        }))
+    }
+}
+
+impl AdsGrpc {
+    /// Starts a stream's task and answers with its response body.
+    fn open<F: Flavor>(&self, req: http::Request<Body>) -> http::Response<Body>
+    where
+        F::Request: prost::Message + Default,
+        F::Response: prost::Message,
+    {
+        // New streams are refused once draining (or once the serving future is gone), so Envoy goes elsewhere.
+        let drain = &self.shared.drain;
+        if *drain.borrow() || drain.has_changed().is_err() {
+            return Status::unavailable("xDS server is draining").into_http();
+        }
+        let (parts, body) = req.into_parts();
+        let metadata = MetadataMap::from_headers(parts.headers);
+        let inbound = RequestStream::new(body, self.max_message);
+        let (tx, rx) = mpsc::channel(self.queue);
+        // The task ends with the stream (client gone, drain, or server dropped); the registry tracks it.
+        let task = connection::run::<F>(self.shared.clone(), metadata, inbound, tx);
+        tokio::spawn(task.instrument(info_span!("ads_stream")));
+        let mut resp = http::Response::new(Body::new(ResponseBody::<F::Response> {
+            rx,
+            done: false,
+        }));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        resp
+    }
+}
+
+/// The requests of one stream, decoded one message at a time.
+pub(crate) struct RequestStream<M> {
+    body: Body,
+    buf: BytesMut,
+    max_message: usize,
+    ended: bool,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M: prost::Message + Default> RequestStream<M> {
+    pub fn new(body: Body, max_message: usize) -> Self {
+        RequestStream {
+            body,
+            buf: BytesMut::new(),
+            max_message,
+            ended: false,
+            _message: PhantomData,
+        }
+    }
+
+    /// The next request; `Ok(None)` when the client half-closed the stream.
+    pub async fn message(&mut self) -> Result<Option<M>, Status> {
+        loop {
+            if let Some(msg) = self.parse()? {
+                return Ok(Some(msg));
+            }
+            if self.ended {
+                return match self.buf.is_empty() {
+                    true => Ok(None),
+                    false => Err(Status::internal(
+                        "request stream ended in the middle of a message",
+                    )),
+                };
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    // Trailers carry nothing for a request stream.
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => return Err(status),
+                None => self.ended = true,
+            }
+        }
+    }
+
+    /// Takes one complete message off the buffer, if there is one.
+    fn parse(&mut self) -> Result<Option<M>, Status> {
+        if self.buf.len() < PREFIX {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed requests are not supported",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > self.max_message {
+            return Err(Status::resource_exhausted(format!(
+                "request of {len} bytes is over the limit of {}",
+                self.max_message
+            )));
+        }
+        if self.buf.len() < PREFIX + len {
+            self.buf.reserve(PREFIX + len - self.buf.len());
+            return Ok(None);
+        }
+        let msg = M::decode(&self.buf[PREFIX..PREFIX + len])
+            .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
+        self.buf.advance(PREFIX + len);
+        if self.buf.is_empty() {
+            // Let a large request's buffer go instead of keeping it for the stream's lifetime.
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(msg))
+    }
+}
+
+/// A stream's responses as HTTP/2 frames: one data frame per message, then the gRPC status trailers.
+struct ResponseBody<M> {
+    rx: mpsc::Receiver<Result<M, Status>>,
+    done: bool,
+}
+
+impl<M: prost::Message> http_body::Body for ResponseBody<M> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(msg))) => Poll::Ready(Some(Ok(Frame::data(encode(&msg))))),
+            Poll::Ready(Some(Err(status))) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers(&Status::ok(""))))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// One length-prefixed gRPC message in a buffer of exactly its size.
+fn encode<M: prost::Message>(msg: &M) -> Bytes {
+    let len = msg.encoded_len();
+    let mut buf = Vec::with_capacity(PREFIX + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    // A Vec grows as needed, so encoding cannot run out of room.
+    let _ = msg.encode(&mut buf);
+    Bytes::from(buf)
+}
+
+/// `grpc-status` (and `grpc-message`) trailers for `status`.
+fn trailers(status: &Status) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Err(e) = status.add_header(&mut headers) {
+        warn!(error = %e, "cannot encode a gRPC status; sending INTERNAL");
+        headers.insert("grpc-status", HeaderValue::from_static("13"));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use prost::Message;
+
+    use super::*;
+
+    fn body_of(chunks: Vec<Vec<u8>>) -> Body {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c))));
+        Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+    }
+
+    fn req(type_url: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.to_owned(),
+            resource_names: vec!["a".repeat(100); 50],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_split_and_joined_across_frames_decode() {
+        let mut wire = encode(&req("one")).to_vec();
+        wire.extend_from_slice(&encode(&req("two")));
+        // Three chunks cutting through the first message's prefix and the second message's body.
+        let chunks = vec![wire[..3].to_vec(), wire[3..4000].to_vec(), wire[4000..].to_vec()];
+        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(chunks), 1 << 20);
+        assert_eq!(s.message().await.unwrap().unwrap(), req("one"));
+        assert_eq!(s.message().await.unwrap().unwrap(), req("two"));
+        assert_eq!(s.message().await.unwrap(), None);
+        assert_eq!(s.buf.capacity(), 0, "no buffer kept between messages");
+    }
+
+    #[tokio::test]
+    async fn oversized_truncated_and_compressed_requests_are_errors() {
+        let wire = encode(&req("one")).to_vec();
+        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![wire.clone()]), 100);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        let cut = wire[..wire.len() - 1].to_vec();
+        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![cut]), 1 << 20);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
+        let mut zipped = wire;
+        zipped[0] = 1;
+        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![zipped]), 1 << 20);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Unimplemented);
+    }
+
+    #[test]
+    fn responses_are_length_prefixed_messages() {
+        let msg = req("x");
+        let wire = encode(&msg);
+        assert_eq!(wire[0], 0);
+        assert_eq!(u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize, wire.len() - 5);
+        assert_eq!(DiscoveryRequest::decode(&wire[5..]).unwrap(), msg);
+        assert_eq!(trailers(&Status::ok(""))["grpc-status"], "0");
+        assert_eq!(trailers(&Status::unavailable("x"))["grpc-status"], "14");
+    }
+}
