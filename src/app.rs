@@ -10,15 +10,16 @@ use anyhow::Context;
 use futures::FutureExt;
 use tokio::sync::{Notify, watch};
 
+use crate::config::Kind;
 use crate::config::source::file::FileSource;
-use crate::config::source::kube::{KubeClient, KubeSource};
+use crate::config::source::kube::{self as kube_source, KubeClient, KubeSource};
 use crate::config::store::Store;
 use crate::debug;
 use crate::envoy::Generator;
 use crate::envoy::generator::SecretSource;
 use crate::inject::webhook;
 use crate::model::builder::{self, Built, Debounce};
-use crate::security::{self, SecretIssuer};
+use crate::security::{self, CaSource, SecretIssuer, kube_ca, kube_trust};
 use crate::xds::{self, PushContext};
 
 /// Settings for `rudder discovery`.
@@ -45,15 +46,20 @@ pub struct Config {
     pub debug_alt_addr: Option<SocketAddr>,
     /// Injection and validation webhooks over HTTPS (istiod's 15017); `None` disables them.
     pub webhook: Option<WebhookConfig>,
+    /// Kubernetes mode: how long the first snapshot waits for every watcher's initial list before serving
+    /// what it has (and logging the kinds still missing).
+    pub kube_sync_timeout: Duration,
 }
 
 /// Where and with which serving certificate the admission webhooks are served.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WebhookConfig {
     pub addr: SocketAddr,
-    /// PEM chain (serving certificate first) and PEM private key.
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// PEM chain (serving certificate first) and PEM private key. `None`: issued by rudder's CA (identity must
+    /// be on) for `istiod.<ns>.svc`, `istiod.<ns>.svc.cluster.local` and `rudder.<ns>.svc`, and re-issued when
+    /// the CA changes.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +75,7 @@ impl Default for Config {
             debug_addr: None,
             debug_alt_addr: None,
             webhook: None,
+            kube_sync_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -119,6 +126,15 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
     if let Some(KubeClient(client)) = cfg.kube.clone() {
         let mut running = KubeSource::new(client, store.clone(), Default::default()).spawn();
         tracing::info!(kinds = running.slots, "watching Kubernetes");
+        // No half-empty first push: the first snapshot (and so /ready and ADS) waits for the initial lists.
+        let missing = kube_source::wait_settled(&running, cfg.kube_sync_timeout).await;
+        if missing.is_empty() {
+            tracing::info!("Kubernetes initial lists synced");
+        } else {
+            let missing: Vec<String> = missing.iter().map(|k| k.to_string()).collect();
+            tracing::warn!(timeout = ?cfg.kube_sync_timeout, ?missing,
+                "Kubernetes initial lists incomplete; serving what is synced");
+        }
         tasks.spawn(async move {
             while let Some(done) = running.tasks.join_next().await {
                 done.context("kube watcher")?;
@@ -141,12 +157,14 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
     });
     let (shutdown, _) = watch::channel(false);
     let (mut xds_addr, mut xds_registry, mut xds_metrics) = (None, None, None);
-    let identity = cfg
-        .identity
+    let identity = match &cfg.identity {
+        Some(id) => Some(load_identity(id, cfg.kube.as_ref()).await?),
+        None => None,
+    };
+    // The current root, for what publishes it (ConfigMaps, caBundle) and the webhook serving certificate.
+    let roots = identity
         .as_ref()
-        .map(security::load)
-        .transpose()
-        .context("identity (CA, JWKS) loads")?;
+        .map(|i| watch::channel(i.issuer.ca().root_pem().to_owned()).0);
     let (ctx_tx, ctx_rx) = watch::channel(None);
     // Wakes the publisher without a new snapshot: certificate rotation and CA changes.
     let republish = Arc::new(Notify::new());
@@ -211,10 +229,37 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
                 .context("TLS xDS server")
         });
         let wake = republish.clone();
+        let rotating = issuer.clone();
         tasks.spawn(async move {
-            issuer.run_rotation(move || wake.notify_one()).await;
+            rotating.run_rotation(move || wake.notify_one()).await;
             Ok(())
         });
+        if let (Some(KubeClient(client)), Some(roots)) = (&cfg.kube, &roots) {
+            if let CaSource::Kube { namespace } = &id_cfg.ca {
+                let wake = republish.clone();
+                tasks.spawn(
+                    kube_ca::run_reload(
+                        client.clone(),
+                        namespace.clone(),
+                        issuer.clone(),
+                        roots.clone(),
+                        kube_ca::RELOAD_EVERY,
+                        move || wake.notify_one(),
+                    )
+                    .map(Ok),
+                );
+            }
+            let nss = namespaces(&store, &mut tasks);
+            tasks.spawn(
+                kube_trust::run(
+                    client.clone(),
+                    kube_trust::Targets::istio(&id_cfg.root_namespace),
+                    roots.subscribe(),
+                    nss,
+                )
+                .map(Ok),
+            );
+        }
     }
     let debug_addr = match cfg.debug_addr {
         Some(addr) => Some(
@@ -236,7 +281,16 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         None => None,
     };
     let webhook_addr = match &cfg.webhook {
-        Some(w) => Some(start_webhook(w, store.clone(), &shutdown, &mut tasks).await?),
+        Some(w) => {
+            let cert = webhook_cert(
+                w,
+                cfg.identity.as_ref(),
+                secret_issuer.as_ref(),
+                roots.as_ref(),
+                &mut tasks,
+            )?;
+            Some(start_webhook(w.addr, cert, store.clone(), &shutdown, &mut tasks).await?)
+        }
         None => None,
     };
     Ok(Bound {
@@ -255,20 +309,126 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
     })
 }
 
+/// Loads the CA (from Secrets in Kubernetes mode), the JWKS, and issues the xDS serving certificate.
+async fn load_identity(
+    id: &security::Config,
+    kube: Option<&KubeClient>,
+) -> anyhow::Result<security::Loaded> {
+    let loaded = match &id.ca {
+        CaSource::Kube { namespace } => {
+            let KubeClient(client) =
+                kube.context("the CA in Kubernetes Secrets needs Kubernetes")?;
+            let (ca, origin) = kube_ca::load(client, namespace, &id.trust_domain, id.workload_ttl)
+                .await
+                .context("CA loads from Kubernetes")?;
+            tracing::info!(%namespace, ?origin, "CA loaded from Kubernetes Secrets");
+            security::load_with_ca(id, ca)
+        }
+        _ => security::load(id),
+    };
+    loaded.context("identity (CA, JWKS) loads")
+}
+
+/// The namespaces in the store, updated (only when they change) by a task in `tasks`.
+fn namespaces(
+    store: &Arc<Store>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> watch::Receiver<std::collections::BTreeSet<String>> {
+    let names = |s: &Store| {
+        s.list(Kind::Namespace)
+            .iter()
+            .filter_map(|o| o.meta().name.clone())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let (tx, rx) = watch::channel(names(store));
+    let store = store.clone();
+    let mut changes = store.subscribe();
+    tasks.spawn(async move {
+        while changes.changed().await.is_ok() {
+            let now = names(&store);
+            tx.send_if_modified(|cur| {
+                let differs = *cur != now;
+                if differs {
+                    *cur = now;
+                }
+                differs
+            });
+        }
+        Ok(())
+    });
+    rx
+}
+
+/// The webhook serving certificate: from files, or issued by the CA (and re-issued whenever the root changes,
+/// so it always chains to the `caBundle` rudder publishes).
+fn webhook_cert(
+    w: &WebhookConfig,
+    identity: Option<&security::Config>,
+    issuer: Option<&Arc<SecretIssuer>>,
+    roots: Option<&watch::Sender<String>>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Arc<webhook::ServingCert>> {
+    if let (Some(cert), Some(key)) = (&w.cert, &w.key) {
+        let chain =
+            std::fs::read(cert).with_context(|| format!("webhook cert {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("webhook key {}", key.display()))?;
+        return Ok(Arc::new(webhook::ServingCert::new(&chain, &key)?));
+    }
+    let (Some(id), Some(issuer), Some(roots)) = (identity, issuer, roots) else {
+        anyhow::bail!(
+            "webhooks need --webhook-cert/--webhook-key, or identity on to issue them from the CA"
+        );
+    };
+    let names = webhook_serving_names(&id.root_namespace);
+    let issued = issuer
+        .ca()
+        .issue_serving(&names)
+        .context("webhook serving certificate")?;
+    let cert = Arc::new(webhook::ServingCert::new(
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    )?);
+    let (swap, issuer, mut roots) = (cert.clone(), issuer.clone(), roots.subscribe());
+    tasks.spawn(async move {
+        roots.borrow_and_update();
+        while roots.changed().await.is_ok() {
+            let fresh = issuer.ca().issue_serving(&names);
+            match fresh
+                .map_err(anyhow::Error::from)
+                .and_then(|i| Ok(swap.replace(i.chain_pem.as_bytes(), i.key_pem.as_bytes())?))
+            {
+                Ok(()) => tracing::info!("webhook serving certificate re-issued by the new CA"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-issuing the webhook serving certificate failed")
+                }
+            }
+        }
+        Ok(())
+    });
+    Ok(cert)
+}
+
+/// DNS names of the webhook serving certificate: the Service the webhook configurations call.
+pub fn webhook_serving_names(namespace: &str) -> Vec<String> {
+    vec![
+        format!("istiod.{namespace}.svc"),
+        format!("istiod.{namespace}.svc.cluster.local"),
+        format!("rudder.{namespace}.svc"),
+    ]
+}
+
 /// Binds the HTTPS admission webhooks (`/inject`, `/validate`) and serves them until shutdown.
 async fn start_webhook(
-    w: &WebhookConfig,
+    addr: SocketAddr,
+    cert: Arc<webhook::ServingCert>,
     store: Arc<Store>,
     shutdown: &watch::Sender<bool>,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<SocketAddr> {
-    let chain =
-        std::fs::read(&w.cert).with_context(|| format!("webhook cert {}", w.cert.display()))?;
-    let key = std::fs::read(&w.key).with_context(|| format!("webhook key {}", w.key.display()))?;
-    let tls = webhook::tls_config(&chain, &key)?;
-    let listener = tokio::net::TcpListener::bind(w.addr)
+    let tls = webhook::tls_config_with(cert)?;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("webhook bind {}", w.addr))?;
+        .with_context(|| format!("webhook bind {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "serving injection and validation webhooks (HTTPS)");
     let state = Arc::new(webhook::WebhookState {

@@ -71,14 +71,15 @@ struct DiscoveryArgs {
     /// Do not watch Kubernetes even when a kubeconfig is found.
     #[arg(long)]
     no_kube: bool,
-    /// Serve the injection and validation webhooks over HTTPS here (istiod's 15017); needs --webhook-cert/-key.
-    #[arg(long, env = "RUDDER_WEBHOOK_ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    /// Serve the injection and validation webhooks over HTTPS here (istiod's 15017), with the certificate of
+    /// --webhook-cert/-key, or, with identity on (--jwks), one issued by rudder's CA.
+    #[arg(long, env = "RUDDER_WEBHOOK_ADDR")]
     webhook_addr: Option<std::net::SocketAddr>,
     /// PEM serving certificate chain of the webhooks (for `istiod.istio-system.svc`).
-    #[arg(long, env = "RUDDER_WEBHOOK_CERT")]
+    #[arg(long, env = "RUDDER_WEBHOOK_CERT", requires = "webhook_key")]
     webhook_cert: Option<PathBuf>,
     /// PEM private key of that certificate.
-    #[arg(long, env = "RUDDER_WEBHOOK_KEY")]
+    #[arg(long, env = "RUDDER_WEBHOOK_KEY", requires = "webhook_cert")]
     webhook_key: Option<PathBuf>,
     /// Rebuild once config has been quiet this long (istiod's PILOT_DEBOUNCE_AFTER).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
@@ -115,9 +116,11 @@ struct IdentityArgs {
     /// TLS ADS address (istiod's port 15012).
     #[arg(long, default_value = "0.0.0.0:15012", env = "RUDDER_SECURE_GRPC_ADDR")]
     secure_grpc_addr: std::net::SocketAddr,
-    /// State directory of the self-signed root CA (created on first start, key mode 0600).
-    #[arg(long, default_value = "/var/lib/rudder/ca", env = "RUDDER_CA_DIR")]
-    ca_dir: PathBuf,
+    /// State directory of the self-signed root CA (created on first start, key mode 0600). Default
+    /// `/var/lib/rudder/ca`; in Kubernetes mode without this or --cacerts the CA lives in Secrets
+    /// (`cacerts` if present, else `istio-ca-secret`, in --root-namespace), as istiod keeps it.
+    #[arg(long, env = "RUDDER_CA_DIR")]
+    ca_dir: Option<PathBuf>,
     /// Plugged-in CA directory (Istio's `cacerts`: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
     #[arg(long, env = "RUDDER_CACERTS")]
     cacerts: Option<PathBuf>,
@@ -139,12 +142,20 @@ struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    fn config(self) -> Option<crate::security::Config> {
+    fn config(self, kube: bool) -> Option<crate::security::Config> {
         let jwks = self.jwks?;
-        let mut cfg = crate::security::Config::new(self.ca_dir, jwks);
-        if let Some(dir) = self.cacerts {
-            cfg.ca = crate::security::CaSource::Plugged { dir };
-        }
+        let explicit_dir = self.ca_dir.is_some();
+        let state_dir = self
+            .ca_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/rudder/ca"));
+        let mut cfg = crate::security::Config::new(state_dir, jwks);
+        cfg.ca = ca_source(
+            &cfg.ca,
+            self.cacerts,
+            explicit_dir,
+            kube,
+            &self.root_namespace,
+        );
         cfg.tls_addr = self.secure_grpc_addr;
         cfg.trust_domain = self.trust_domain;
         cfg.workload_ttl = self.workload_cert_ttl;
@@ -152,6 +163,25 @@ impl IdentityArgs {
         cfg.issuer = self.token_issuer;
         cfg.root_namespace = self.root_namespace;
         Some(cfg)
+    }
+}
+
+/// Where the CA comes from: `--cacerts`, then an explicit `--ca-dir`, then (in Kubernetes mode) the Secrets in
+/// the root namespace, else the default state directory.
+fn ca_source(
+    default: &crate::security::CaSource,
+    cacerts: Option<PathBuf>,
+    explicit_dir: bool,
+    kube: bool,
+    root_namespace: &str,
+) -> crate::security::CaSource {
+    use crate::security::CaSource;
+    match cacerts {
+        Some(dir) => CaSource::Plugged { dir },
+        None if kube && !explicit_dir => CaSource::Kube {
+            namespace: root_namespace.to_owned(),
+        },
+        None => default.clone(),
     }
 }
 
@@ -220,16 +250,28 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         push_concurrency,
         debug_addr: (!once).then_some(debug_addr),
         debug_alt_addr: (!once).then_some(debug_alt_addr),
-        identity: if once { None } else { identity.config() },
+        identity: if once {
+            None
+        } else {
+            identity.config(use_kube)
+        },
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let mut cfg = cfg;
-        if let (Some(addr), Some(cert), Some(key), false) =
-            (webhook_addr, webhook_cert, webhook_key, once)
-        {
-            cfg.webhook = Some(app::WebhookConfig { addr, cert, key });
+        if let (Some(addr), false) = (webhook_addr, once) {
+            if webhook_cert.is_none() && cfg.identity.is_none() {
+                anyhow::bail!(
+                    "--webhook-addr needs --webhook-cert/--webhook-key, or --jwks (identity) to issue the \
+                     serving certificate from the CA"
+                );
+            }
+            cfg.webhook = Some(app::WebhookConfig {
+                addr,
+                cert: webhook_cert,
+                key: webhook_key,
+            });
         }
         if use_kube {
             let client = kube_source::client(kubeconfig.as_deref()).await?;

@@ -16,6 +16,8 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod ca;
+pub mod kube_ca;
+pub mod kube_trust;
 pub mod sds;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -92,6 +94,12 @@ pub struct Loaded {
 /// Loads (or creates) the CA and the JWKS and issues the serving certificate.
 pub fn load(cfg: &Config) -> Result<Loaded, Error> {
     let ca = Ca::load(&cfg.ca, &cfg.trust_domain, cfg.workload_ttl)?;
+    load_with_ca(cfg, ca)
+}
+
+/// [`load`] with a CA loaded elsewhere (Kubernetes mode: [`kube_ca::load`]). The issuer reloads a file CA
+/// itself; a Kubernetes CA is replaced by [`kube_ca`]'s watch through [`SecretIssuer::replace_ca`].
+pub fn load_with_ca(cfg: &Config, ca: Ca) -> Result<Loaded, Error> {
     let serving = ca.issue_serving(&cfg.serving_names())?;
     let authenticator =
         JwtAuthenticator::from_file(&cfg.jwks, cfg.audiences.clone(), cfg.issuer.clone())?;
@@ -99,7 +107,10 @@ pub fn load(cfg: &Config) -> Result<Loaded, Error> {
         tonic::transport::Identity::from_pem(&serving.chain_pem, &serving.key_pem),
     );
     Ok(Loaded {
-        issuer: Arc::new(SecretIssuer::new(ca, Some(cfg.ca.clone()))),
+        issuer: Arc::new(SecretIssuer::new(
+            ca,
+            Some(cfg.ca.clone()).filter(|s| !matches!(s, CaSource::Kube { .. })),
+        )),
         authenticator: Arc::new(authenticator),
         tls,
     })
@@ -171,6 +182,9 @@ pub enum Error {
     /// The plugged-in CA files do not fit together.
     #[error("plugged-in CA in {0}: {1}")]
     BadCa(PathBuf, String),
+    /// The CA Secrets in Kubernetes could not be read or written.
+    #[error("CA in Kubernetes namespace {0}: {1}")]
+    Kube(String, String),
     /// The JWKS file cannot be used.
     #[error("JWKS {0}: {1}")]
     BadJwks(PathBuf, String),

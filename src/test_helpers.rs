@@ -2,5 +2,6 @@
 
 pub mod ads;
 pub mod envoy;
+pub mod kube;
 pub mod mesh;
 pub mod xds_fixtures;

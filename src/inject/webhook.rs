@@ -163,6 +163,65 @@ pub fn tls_config(
     chain_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<tokio_rustls::rustls::ServerConfig, Error> {
+    let cert = ServingCert::new(chain_pem, key_pem)?;
+    tls_config_with(Arc::new(cert))
+}
+
+/// A TLS server config (ring) whose certificate comes from `cert`, which can be swapped while serving.
+pub fn tls_config_with(
+    cert: Arc<ServingCert>,
+) -> Result<tokio_rustls::rustls::ServerConfig, Error> {
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+/// The webhook serving certificate. In Kubernetes mode rudder issues it from its CA and replaces it when the
+/// CA changes, so it always chains to the `caBundle` rudder patches into the webhook configurations.
+pub struct ServingCert(parking_lot::RwLock<Arc<tokio_rustls::rustls::sign::CertifiedKey>>);
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServingCert")
+    }
+}
+
+impl ServingCert {
+    /// A certificate from a PEM chain (leaf first) and a PEM private key.
+    pub fn new(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        Ok(ServingCert(parking_lot::RwLock::new(Arc::new(
+            certified_key(chain_pem, key_pem)?,
+        ))))
+    }
+
+    /// Serves `chain_pem`/`key_pem` from the next handshake on.
+    pub fn replace(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), Error> {
+        *self.0.write() = Arc::new(certified_key(chain_pem, key_pem)?);
+        Ok(())
+    }
+}
+
+impl tokio_rustls::rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: tokio_rustls::rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<tokio_rustls::rustls::sign::CertifiedKey>> {
+        Some(self.0.read().clone())
+    }
+}
+
+fn certified_key(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<tokio_rustls::rustls::sign::CertifiedKey, Error> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(chain_pem)
@@ -172,15 +231,14 @@ pub fn tls_config(
         return Err(Error::Pem("no certificate in the chain PEM".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::Pem(e.to_string()))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(Error::Tls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
         .map_err(Error::Tls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    let ck = tokio_rustls::rustls::sign::CertifiedKey::new(certs, signing);
+    // The key must belong to the leaf, as with_single_cert checks.
+    ck.keys_match().map_err(Error::Tls)?;
+    Ok(ck)
 }
 
 /// A TCP listener that completes a TLS handshake before handing a connection to axum. A client that fails or

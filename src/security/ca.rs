@@ -52,6 +52,26 @@ pub enum CaSource {
         /// The `cacerts` directory.
         dir: PathBuf,
     },
+    /// Kubernetes mode, as istiod: the plugged-in CA of Secret `cacerts` when it exists, else the self-signed
+    /// root persisted in Secret `istio-ca-secret` (created on first start), both in `namespace`. Loaded by
+    /// [`super::kube_ca`], which needs a client; [`Ca::load`] refuses it.
+    Kube {
+        /// The root namespace holding both Secrets.
+        namespace: String,
+    },
+}
+
+/// The PEM texts of a plugged-in CA (Istio's `cacerts` files or Secret keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PluggedPems {
+    /// `ca-cert.pem`: the signing certificate.
+    pub ca_cert: String,
+    /// `ca-key.pem`: its private key.
+    pub ca_key: String,
+    /// `root-cert.pem`: the trust anchor.
+    pub root_cert: String,
+    /// `cert-chain.pem`: signing certificate up to the root, when given.
+    pub cert_chain: Option<String>,
 }
 
 /// A signed certificate with its chain and freshly generated private key.
@@ -113,6 +133,10 @@ impl Ca {
                 Self::self_signed(state_dir, trust_domain, workload_ttl)
             }
             CaSource::Plugged { dir } => Self::plugged(dir, trust_domain, workload_ttl),
+            CaSource::Kube { namespace } => Err(Error::Kube(
+                namespace.clone(),
+                "the CA lives in Secrets; load it with security::kube_ca".into(),
+            )),
         }
     }
 
@@ -133,13 +157,34 @@ impl Ca {
             tracing::info!(dir = %state_dir.display(), "created self-signed root CA");
         }
         let cert_pem = read(&cert_path)?;
-        let key = load_key(&key_path)?;
-        let cert = first_cert(&cert_path, &cert_pem)?;
+        let key_pem = read(&key_path)?;
+        Self::self_signed_from_pem(
+            &cert_pem,
+            &key_pem,
+            &cert_path,
+            &key_path,
+            trust_domain,
+            workload_ttl,
+        )
+    }
+
+    /// A self-signed root from PEM text (e.g. Secret `istio-ca-secret`); `cert_at`/`key_at` name where the PEM
+    /// came from in errors.
+    pub fn self_signed_from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        cert_at: &Path,
+        key_at: &Path,
+        trust_domain: &str,
+        workload_ttl: Duration,
+    ) -> Result<Ca, Error> {
+        let key = load_key_pem(key_at, key_pem)?;
+        let cert = first_cert(cert_at, cert_pem)?;
         Ok(Ca {
             key,
             cert,
-            chain_pem: cert_pem.clone(),
-            root_pem: cert_pem,
+            chain_pem: ensure_newline(cert_pem),
+            root_pem: ensure_newline(cert_pem),
             trust_domain: trust_domain.to_owned(),
             workload_ttl,
         })
@@ -148,32 +193,50 @@ impl Ca {
     /// Istio's plugged-in CA files. `cert-chain.pem` (signing cert … root) is optional; without it the chain
     /// is `ca-cert.pem` followed by the root unless they are the same.
     pub fn plugged(dir: &Path, trust_domain: &str, workload_ttl: Duration) -> Result<Ca, Error> {
-        let cert_path = dir.join(CA_CERT);
-        let cert_pem = read(&cert_path)?;
-        let key = load_key(&dir.join(CA_KEY))?;
-        let root_pem = read(&dir.join(ROOT_CERT))?;
-        let cert = first_cert(&cert_path, &cert_pem)?;
-        let root = first_cert(&dir.join(ROOT_CERT), &root_pem)?;
         let chain_path = dir.join(CERT_CHAIN);
-        let chain_pem = if chain_path.exists() {
-            read(&chain_path)?
-        } else if cert == root {
-            cert_pem.clone()
-        } else {
-            format!("{}{}", ensure_newline(&cert_pem), root_pem)
+        let pems = PluggedPems {
+            ca_cert: read(&dir.join(CA_CERT))?,
+            ca_key: read(&dir.join(CA_KEY))?,
+            root_cert: read(&dir.join(ROOT_CERT))?,
+            cert_chain: if chain_path.exists() {
+                Some(read(&chain_path)?)
+            } else {
+                None
+            },
+        };
+        Self::plugged_from_pem(&pems, dir, trust_domain, workload_ttl)
+    }
+
+    /// A plugged-in CA from PEM text (the `cacerts` files or Secret); `at` names the directory or Secret in
+    /// errors, each file being `at/<file name>`.
+    pub fn plugged_from_pem(
+        pems: &PluggedPems,
+        at: &Path,
+        trust_domain: &str,
+        workload_ttl: Duration,
+    ) -> Result<Ca, Error> {
+        let cert_pem = &pems.ca_cert;
+        let key = load_key_pem(&at.join(CA_KEY), &pems.ca_key)?;
+        let root_pem = &pems.root_cert;
+        let cert = first_cert(&at.join(CA_CERT), cert_pem)?;
+        let root = first_cert(&at.join(ROOT_CERT), root_pem)?;
+        let chain_pem = match &pems.cert_chain {
+            Some(chain) if !chain.trim().is_empty() => chain.clone(),
+            _ if cert == root => cert_pem.clone(),
+            _ => format!("{}{}", ensure_newline(cert_pem), root_pem),
         };
         // The signing key must belong to the signing certificate, or every certificate we issue is garbage.
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
-            .map_err(|e| Error::BadCa(dir.to_owned(), format!("{CA_CERT}: {e}")))?;
+            .map_err(|e| Error::BadCa(at.to_owned(), format!("{CA_CERT}: {e}")))?;
         if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(Error::BadCa(
-                dir.to_owned(),
+                at.to_owned(),
                 format!("{CA_KEY} does not match the public key of {CA_CERT}"),
             ));
         }
         if !parsed.is_ca() {
             return Err(Error::BadCa(
-                dir.to_owned(),
+                at.to_owned(),
                 format!("{CA_CERT} is not a CA certificate (basicConstraints CA:TRUE missing)"),
             ));
         }
@@ -181,7 +244,7 @@ impl Ca {
             key,
             cert,
             chain_pem: ensure_newline(&chain_pem),
-            root_pem: ensure_newline(&root_pem),
+            root_pem: ensure_newline(root_pem),
             trust_domain: trust_domain.to_owned(),
             workload_ttl,
         })
@@ -260,7 +323,7 @@ impl Ca {
 }
 
 /// A new self-signed ECDSA P-256 root: `(cert PEM, key PEM)`.
-fn new_root(trust_domain: &str) -> Result<(String, String), Error> {
+pub fn new_root(trust_domain: &str) -> Result<(String, String), Error> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(Error::Generate)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -339,7 +402,11 @@ fn first_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, Error> 
 /// (`RSA PRIVATE KEY`, Istio's sample `cacerts`) or SEC1 (`EC PRIVATE KEY`, `openssl ecparam -genkey`).
 /// ring reads PKCS#8 only, so the other two are wrapped into PKCS#8 first.
 pub fn load_key(path: &Path) -> Result<KeyPair, Error> {
-    let pem = read(path)?;
+    load_key_pem(path, &read(path)?)
+}
+
+/// [`load_key`] of PEM text; `path` names where it came from in errors.
+pub fn load_key_pem(path: &Path, pem: &str) -> Result<KeyPair, Error> {
     let bad = |m: String| Error::BadPem(path.to_owned(), m);
     let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let candidates: Vec<Vec<u8>> = match &der {

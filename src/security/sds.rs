@@ -222,6 +222,19 @@ impl SecretIssuer {
         true
     }
 
+    /// Replaces the CA with one loaded elsewhere (Kubernetes mode); `true`, and every cached certificate is
+    /// dropped, when the trust bundle or signing chain changed.
+    pub fn replace_ca(&self, fresh: Ca) -> bool {
+        let current = self.ca();
+        if fresh.root_pem() == current.root_pem() && fresh.same_signer(&current) {
+            return false;
+        }
+        tracing::info!("CA changed: re-issuing certificates and pushing the new trust bundle");
+        *self.ca.write() = Arc::new(fresh);
+        self.cache.lock().clear();
+        true
+    }
+
     /// Forgets the per-stream warning memo of a closed stream (bounded memory).
     pub fn forget_stream(&self, conn_id: u64) {
         self.warned.lock().remove(&conn_id);

@@ -106,10 +106,15 @@ pub struct KubeSource {
 
 /// The running watchers.
 pub struct Running {
-    /// Kinds whose initial list has reached the store (for readiness).
+    /// Kinds whose initial list has reached the store.
     pub synced: watch::Receiver<BTreeSet<Kind>>,
+    /// Kinds that are settled for readiness: synced, or found not served by the API server (a CRD that is not
+    /// installed has nothing to wait for). A kind that cannot be listed (forbidden, unreachable) never settles.
+    pub settled: watch::Receiver<BTreeSet<Kind>>,
     /// How many kinds are watched or waited for.
     pub slots: usize,
+    /// The kind of each slot (its preferred candidate), as the sets above name them.
+    pub kinds: Vec<Kind>,
     /// The watcher tasks; they run until aborted (dropping this aborts them).
     pub tasks: tokio::task::JoinSet<()>,
 }
@@ -128,9 +133,14 @@ impl KubeSource {
     pub fn spawn(self) -> Running {
         let slots = resource::slots(&self.options.root_namespace);
         let (synced_tx, synced) = watch::channel(BTreeSet::new());
-        let synced_tx = Arc::new(synced_tx);
+        let (settled_tx, settled) = watch::channel(BTreeSet::new());
+        let progress = Arc::new(Progress {
+            synced: synced_tx,
+            settled: settled_tx,
+        });
         let mut tasks = tokio::task::JoinSet::new();
         let n = slots.len();
+        let kinds = slots.iter().map(|s| s.candidates[0].0).collect();
         for slot in slots {
             let span = tracing::info_span!("kube", kind = %slot.candidates[0].0);
             tasks.spawn(
@@ -139,17 +149,47 @@ impl KubeSource {
                     self.store.clone(),
                     slot,
                     self.options.missing_retry,
-                    synced_tx.clone(),
+                    progress.clone(),
                 )
                 .instrument(span),
             );
         }
         Running {
             synced,
+            settled,
             slots: n,
+            kinds,
             tasks,
         }
     }
+}
+
+/// Readiness progress shared by the slot tasks.
+struct Progress {
+    synced: watch::Sender<BTreeSet<Kind>>,
+    settled: watch::Sender<BTreeSet<Kind>>,
+}
+
+impl Progress {
+    fn settle(&self, kind: Kind) {
+        self.settled.send_if_modified(|s| s.insert(kind));
+    }
+}
+
+/// Awaits until every slot of `running` settled (its initial list reached the store, or its kind is not
+/// served), at most `bound`. Returns the kinds still missing (empty when all settled), for the caller to log:
+/// serving what is there beats never serving.
+pub async fn wait_settled(running: &Running, bound: Duration) -> Vec<Kind> {
+    let mut settled = running.settled.clone();
+    let n = running.slots;
+    let _ = tokio::time::timeout(bound, settled.wait_for(|s| s.len() >= n)).await;
+    let done = settled.borrow().clone();
+    running
+        .kinds
+        .iter()
+        .filter(|k| !done.contains(k))
+        .copied()
+        .collect()
 }
 
 /// Resolves which version of the slot's kind is served, then watches it forever.
@@ -158,13 +198,16 @@ async fn run_slot(
     store: Arc<Store>,
     slot: Slot,
     retry: Duration,
-    synced: Arc<watch::Sender<BTreeSet<Kind>>>,
+    progress: Arc<Progress>,
 ) {
+    let first = slot.candidates[0].0;
     let mut reported = false;
     let (kind, ar) = loop {
         match resource::resolve(&client, &slot).await {
             Ok(Some(found)) => break found,
             Ok(None) => {
+                // Nothing to list yet: readiness need not wait for a kind the cluster does not have.
+                progress.settle(first);
                 if !reported {
                     tracing::warn!(
                         origin = %slot.origin(),
@@ -199,10 +242,10 @@ async fn run_slot(
                 let was_synced = state.synced();
                 state.handle(event);
                 if !was_synced && state.synced() {
-                    let first = slot.candidates[0].0;
-                    synced.send_modify(|s| {
+                    progress.synced.send_modify(|s| {
                         s.insert(first);
                     });
+                    progress.settle(first);
                 }
             }
             // kube-rs retries with backoff (and relists after 410 Gone); report the first of a run of failures.
