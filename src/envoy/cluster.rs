@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, config_source,
+    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, TransportSocket, config_source,
 };
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
@@ -287,18 +287,36 @@ fn outbound_cluster(scope: &ProxyScope<'_>, t: &OutboundTarget) -> Option<Cluste
         policy::effective_locality_setting(lb, scope.snapshot.mesh.locality_lb_setting.as_ref());
     policy::apply_locality_config(&mut cluster, locality.as_ref());
     policy::apply_load_balancer(&mut cluster, lb);
-    let sni = (!t.service.hostname.starts_with('*')).then_some(t.service.hostname.as_str());
-    cluster.transport_socket = tls::transport_socket(t.policy.tls.as_ref(), sni, &what);
-    if let Some(pp) = &t.policy.proxy_protocol {
-        cluster.transport_socket = Some(tls::with_proxy_protocol(
-            cluster.transport_socket.take(),
-            pp.version,
-        ));
-    }
+    apply_upstream_tls(&mut cluster, scope, t, options.is_h2(), &what);
     policy::apply_retry_budget(&mut cluster, t.policy.retry_budget.as_ref());
     set_protocol_options(&mut cluster, options);
     cluster.metadata = Some(outbound_metadata(t));
     Some(cluster)
+}
+
+/// The cluster's transport socket(s) (DestinationRule TLS, ISTIO_MUTUAL or auto-mTLS), each wrapped for
+/// `trafficPolicy.proxyProtocol` when set.
+fn apply_upstream_tls(
+    cluster: &mut Cluster,
+    scope: &ProxyScope<'_>,
+    t: &OutboundTarget,
+    h2: bool,
+    what: &str,
+) {
+    let wrap = |socket: Option<TransportSocket>| match &t.policy.proxy_protocol {
+        Some(pp) => Some(tls::with_proxy_protocol(socket, pp.version)),
+        None => socket,
+    };
+    match tls::upstream_tls(scope, t, h2, what) {
+        tls::UpstreamTls::Plaintext => cluster.transport_socket = wrap(None),
+        tls::UpstreamTls::Socket(socket) => cluster.transport_socket = wrap(Some(socket)),
+        tls::UpstreamTls::Matches(mut matches) => {
+            for m in &mut matches {
+                m.transport_socket = wrap(m.transport_socket.take());
+            }
+            cluster.transport_socket_matches = matches;
+        }
+    }
 }
 
 /// `filter_metadata.istio` as istiod writes it (maps from `stable_map`, so equal clusters encode identically): the service (for telemetry), the DestinationRule that shaped the
