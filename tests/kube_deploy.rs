@@ -221,31 +221,56 @@ fn deploy_manifests_keep_istiod_contracts() {
         "/validate"
     );
 
-    // Least privilege: writes only to webhook configurations, the CA Secret, root-cert ConfigMaps and TokenReviews.
+    // Least privilege: exactly these writes (and reads of the webhook configurations by name), nothing more.
     let role: ClusterRole =
         serde_json::from_value(find(&docs, "ClusterRole", "istiod-istio-system").clone()).unwrap();
-    for rule in role.rules.unwrap() {
-        let writes: Vec<&String> = rule
-            .verbs
-            .iter()
-            .filter(|v| !matches!(v.as_str(), "get" | "list" | "watch"))
-            .collect();
-        if writes.is_empty() {
-            continue;
+    let ns_role: Role = serde_json::from_value(find(&docs, "Role", "istiod").clone()).unwrap();
+    let mut writes = std::collections::BTreeSet::new();
+    let rules = role.rules.unwrap().into_iter().map(|r| ("*", r));
+    let ns_rules = ns_role
+        .rules
+        .unwrap()
+        .into_iter()
+        .map(|r| ("istio-system", r));
+    for (scope, rule) in rules.chain(ns_rules) {
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*" || v == "delete"),
+            "{rule:?}"
+        );
+        let names = rule.resource_names.clone().unwrap_or_default().join(",");
+        for r in rule.resources.clone().unwrap_or_default() {
+            if r.contains("webhookconfigurations") {
+                // Not even listed: only the two configurations rudder patches.
+                assert_eq!(rule.verbs, ["get", "patch"], "{rule:?}");
+            }
+            for v in &rule.verbs {
+                if !matches!(v.as_str(), "get" | "list" | "watch") {
+                    writes.insert(format!("{scope} {v} {r} [{names}]"));
+                }
+            }
         }
-        let resources = rule.resources.unwrap_or_default();
-        let ok = resources.iter().all(|r| {
-            matches!(
-                r.as_str(),
-                "configmaps"
-                    | "mutatingwebhookconfigurations"
-                    | "validatingwebhookconfigurations"
-                    | "tokenreviews"
-            )
-        });
-        assert!(ok, "write verbs {writes:?} on {resources:?}");
-        assert!(!rule.verbs.iter().any(|v| v == "*" || v == "delete"));
     }
+    let want: std::collections::BTreeSet<String> = [
+        "* create configmaps []",
+        "* update configmaps [istio-ca-root-cert]",
+        "* patch mutatingwebhookconfigurations [istio-sidecar-injector]",
+        "* patch validatingwebhookconfigurations [istio-validator-istio-system]",
+        "* create tokenreviews []",
+        "istio-system create secrets []",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(writes, want);
+    // The names rudder writes are the ones deployed.
+    let targets = rudder::security::kube_trust::Targets::istio("istio-system");
+    assert_eq!(targets.mutating, ["istio-sidecar-injector"]);
+    assert_eq!(targets.validating, ["istio-validator-istio-system"]);
+    assert_eq!(
+        rudder::security::kube_trust::ROOT_CONFIGMAP,
+        "istio-ca-root-cert"
+    );
+    assert_eq!(rudder::security::kube_ca::CA_SECRET, "istio-ca-secret");
 
     let gw: Service =
         serde_json::from_value(find(&docs, "Service", "istio-ingressgateway").clone()).unwrap();
