@@ -17,6 +17,7 @@ mod filters;
 mod gateway;
 mod inbound;
 mod l4;
+mod mtls;
 mod outbound;
 #[cfg(test)]
 mod tests;
