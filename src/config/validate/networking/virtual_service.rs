@@ -51,8 +51,33 @@ const HTTP_METHODS: &[&str] = &[
 /// VirtualService: hosts, gateways, exportTo, then every HTTP, TLS and TCP rule.
 pub(in crate::config::validate) fn virtual_service(spec: &VirtualServiceSpec, r: &mut Report) {
     let bound_to_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
-    if spec.hosts.is_empty() {
-        r.err("spec.hosts", "at least one host is required");
+    // No hosts: a delegate, only reachable through a root VirtualService's `delegate` (istiod's rules: it inherits
+    // the root's hosts and gateways, and only HTTP routes can be delegated).
+    let delegate = spec.hosts.is_empty();
+    if delegate {
+        const WHY: &str = "a delegate VirtualService (no hosts)";
+        if !spec.tls.is_empty() || !spec.tcp.is_empty() {
+            r.err(
+                "spec.hosts",
+                "at least one host is required for tls and tcp routes (only a delegate, with http routes only, may omit hosts)",
+            );
+        } else if spec.http.is_empty() {
+            r.err("spec.hosts", "at least one host is required");
+        }
+        if !spec.gateways.is_empty() {
+            r.err(
+                "spec.gateways",
+                format!("{WHY} must not set gateways: it is bound through its root"),
+            );
+        }
+        for (i, route) in spec.http.iter().enumerate() {
+            if route.delegate.is_some() {
+                r.err(
+                    format!("spec.http[{i}].delegate"),
+                    format!("{WHY} cannot delegate again"),
+                );
+            }
+        }
     }
     for (i, h) in spec.hosts.iter().enumerate() {
         let path = format!("spec.hosts[{i}]");
@@ -71,7 +96,7 @@ pub(in crate::config::validate) fn virtual_service(spec: &VirtualServiceSpec, r:
         gateway_name(g, &format!("spec.gateways[{i}]"), r);
     }
     export_to(&spec.export_to, "spec.exportTo", r);
-    if spec.http.is_empty() && spec.tls.is_empty() && spec.tcp.is_empty() {
+    if !delegate && spec.http.is_empty() && spec.tls.is_empty() && spec.tcp.is_empty() {
         r.err("spec", "at least one http, tls or tcp route is required");
     }
     for (i, route) in spec.http.iter().enumerate() {
@@ -193,16 +218,10 @@ fn http_match(m: &HttpMatchRequest, path: &str, r: &mut Report) {
     ] {
         for (name, sm) in map {
             let p = format!("{path}.{field}.{name}");
+            // Any case: istiod accepts `K-Network-Hash` (Knative generates it) and Envoy matches header names
+            // case-insensitively.
             if let Err(e) = header_name(name) {
                 r.err(&p, e);
-            } else if name.chars().any(|c| c.is_ascii_uppercase()) {
-                r.err(
-                    &p,
-                    format!(
-                        "header name {name:?} must be lower-case (use {:?})",
-                        name.to_ascii_lowercase()
-                    ),
-                );
             }
             presence_or_string_match(sm, &p, r);
         }
