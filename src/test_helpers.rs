@@ -2,6 +2,7 @@
 
 pub mod ads;
 pub mod envoy;
+pub mod gotmpl;
 pub mod kube;
 pub mod mesh;
 pub mod xds_fixtures;
