@@ -658,3 +658,190 @@ async fn envoy_accepts_the_book_example_sidecar_listeners() {
     drop(envoy);
     bound.shutdown().await;
 }
+
+/// A TCP server on `ip` that answers every connection with `name` and closes: which backend a connection reached.
+async fn tcp_backend(ip: &str, name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(name.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// The backend that answered one connection through `port` ("" when Envoy closed it without a backend).
+async fn tcp_call(port: u16) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(_) => return String::new(),
+    };
+    let mut out = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+    if read.is_err() {
+        return String::new();
+    }
+    out
+}
+
+/// VirtualService `tcp:` routes through a real gateway Envoy: the first rule matching the connection's port wins
+/// (a rule for another port placed first must not catch it), and its weighted destinations split connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_match_the_port_and_split_connections_by_weight() {
+    let (a_port, b_port) = (
+        tcp_backend("127.0.0.11", "a").await,
+        tcp_backend("127.0.0.12", "b").await,
+    );
+    let (split_port, only_b_port) = (free_port(), free_port());
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers: [{{name: istio-proxy}}]
+status: {{phase: Running, podIP: 127.0.0.2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-a-1, namespace: shop, labels: {{app: echo-a}}}}
+spec:
+  containers: [{{name: echo, ports: [{{name: tcp-echo, containerPort: {a_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.0.11}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-b-1, namespace: shop, labels: {{app: echo-b}}}}
+spec:
+  containers: [{{name: echo, ports: [{{name: tcp-echo, containerPort: {b_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.0.12}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-a, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.41
+  selector: {{app: echo-a}}
+  ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-b, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.42
+  selector: {{app: echo-b}}
+  ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {split_port}, name: tcp-split, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: {only_b_port}, name: tcp-b, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tcp:
+  - match: [{{port: {only_b_port}}}]
+    route:
+    - destination: {{host: echo-b, port: {{number: 20700}}}}
+  - match: [{{port: {split_port}}}]
+    route:
+    - destination: {{host: echo-a, port: {{number: 20700}}}}
+      weight: 75
+    - destination: {{host: echo-b, port: {{number: 20700}}}}
+      weight: 25
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    let bound = start(dir.path()).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let envoy = Envoy::start(&bootstrap(
+        "router~127.0.0.2~ingress-1.istio-system~istio-system.svc.cluster.local",
+        "istio-ingressgateway.istio-system",
+        bound.xds_addr.unwrap(),
+        AdsApi::Grpc,
+    ))
+    .await;
+    wait_lds_acked(&registry, "ingress-1").await;
+    let names = [
+        format!("0.0.0.0_{split_port}"),
+        format!("0.0.0.0_{only_b_port}"),
+    ];
+    let ls = wait_listeners(&envoy, "the two TCP listeners", |ls| {
+        names
+            .iter()
+            .all(|n| ls.iter().any(|l| l.name == *n && l.active))
+    })
+    .await;
+    assert!(ls.iter().all(|l| l.error.is_none()), "{ls:#?}");
+    let split = &ls.iter().find(|l| l.name == names[0]).unwrap().config;
+    let tcp_proxy = &split["filter_chains"][0]["filters"][0]["typed_config"];
+    let clusters: Vec<(&str, u64)> = tcp_proxy["weighted_clusters"]["clusters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no weighted clusters: {split:#}"))
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["weight"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("outbound|20700||echo-a.shop.svc.cluster.local", 75),
+            ("outbound|20700||echo-b.shop.svc.cluster.local", 25)
+        ]
+    );
+
+    // Endpoints arrive after the listeners: wait until both backends answer through the split port.
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {seen:?} answered through the split port; log:\n{}",
+            envoy.log_tail(40)
+        );
+        let got = tcp_call(split_port).await;
+        if got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            seen.insert(got);
+        }
+    }
+    // The port match: every connection to the other port reaches b only.
+    for _ in 0..30 {
+        assert_eq!(tcp_call(only_b_port).await, "b");
+    }
+    // The weights: 75/25 over 200 connections (a: mean 150, sd ≈ 6; the gate is ±5 sd).
+    let mut a = 0;
+    for _ in 0..200 {
+        match tcp_call(split_port).await.as_str() {
+            "a" => a += 1,
+            "b" => {}
+            other => panic!("connection answered {other:?}"),
+        }
+    }
+    assert!((120..=180).contains(&a), "a got {a} of 200 (75% expected)");
+
+    for c in registry.connections() {
+        for (ty, t) in &c.types {
+            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
+        }
+    }
+    drop(envoy);
+    bound.shutdown().await;
+}
