@@ -5,4 +5,5 @@
 
 pub mod iptables;
 pub mod pod;
+pub mod proxy_config;
 pub mod webhook;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::envoy::bootstrap;
 use crate::inject::iptables;
+use crate::inject::proxy_config::{self, Effective};
 use crate::model::proxy::ProxyKind;
 
 /// Pod annotation / label that opts a pod in or out (`"false"` skips it).
@@ -52,8 +53,16 @@ pub struct Template {
     pub xds_address: String,
     /// Kubernetes DNS suffix.
     pub domain_suffix: String,
-    /// Envoy worker threads (`--concurrency`).
+    /// Envoy worker threads (`--concurrency`; 0 omits it).
     pub concurrency: u32,
+    /// Envoy `--drain-time-s` (mesh `defaultConfig.drainDuration`).
+    pub drain_duration: std::time::Duration,
+    /// How long the proxy keeps serving after termination starts (`terminationDrainDuration`).
+    pub termination_drain_duration: std::time::Duration,
+    /// Extra proxy environment (`defaultConfig.proxyMetadata`).
+    pub proxy_metadata: BTreeMap<String, String>,
+    /// Start apps only once Envoy is ready (`holdApplicationUntilProxyStarts`).
+    pub hold_application_until_proxy_starts: bool,
 }
 
 impl Default for Template {
@@ -64,15 +73,30 @@ impl Default for Template {
             xds_address: bootstrap::DEFAULT_XDS_ADDRESS.into(),
             domain_suffix: "cluster.local".into(),
             concurrency: 2,
+            drain_duration: std::time::Duration::from_secs(45),
+            termination_drain_duration: std::time::Duration::from_secs(5),
+            proxy_metadata: BTreeMap::new(),
+            hold_application_until_proxy_starts: false,
         }
     }
 }
 
 impl Template {
-    /// The template with the mesh config's discovery address, when it sets one.
+    /// The template with the mesh config's `defaultConfig`: discovery address (when set), concurrency (when
+    /// set), drain durations, proxy metadata and holdApplicationUntilProxyStarts.
     pub fn with_mesh(mut self, mesh: &crate::config::mesh::MeshConfig) -> Self {
-        if !mesh.default_config.discovery_address.is_empty() {
-            self.xds_address = mesh.default_config.discovery_address.clone();
+        let d = &mesh.default_config;
+        if !d.discovery_address.is_empty() {
+            self.xds_address = d.discovery_address.clone();
+        }
+        if let Some(c) = d.concurrency {
+            self.concurrency = c;
+        }
+        self.drain_duration = d.drain_duration.get();
+        self.termination_drain_duration = d.termination_drain_duration.get();
+        self.proxy_metadata = d.proxy_metadata.clone();
+        if let Some(hold) = d.hold_application_until_proxy_starts {
+            self.hold_application_until_proxy_starts = hold;
         }
         self
     }
@@ -121,7 +145,14 @@ pub fn should_inject(
     if spec.host_network == Some(true) {
         return Err(Skip::HostNetwork);
     }
-    if spec.containers.iter().any(|c| c.name == PROXY_CONTAINER) {
+    // A native sidecar (holdApplicationUntilProxyStarts) sits among the init containers.
+    let native = spec.init_containers.iter().flatten();
+    if spec
+        .containers
+        .iter()
+        .chain(native)
+        .any(|c| c.name == PROXY_CONTAINER)
+    {
         return Err(Skip::AlreadyInjected);
     }
     let opted_in = matches!(flag.as_deref(), Some("true" | "y" | "yes" | "on"));
@@ -148,18 +179,35 @@ pub fn inject_template(
     let annotations = typed_meta.annotations.clone().unwrap_or_default();
     let labels = typed_meta.labels.clone().unwrap_or_default();
 
+    let pod_name = typed_meta
+        .name
+        .clone()
+        .or(typed_meta.generate_name.clone())
+        .unwrap_or_default();
+    let eff = proxy_config::effective(template, &annotations, &format!("{namespace}/{pod_name}"));
     let init = init_container(&annotations, &typed_spec, template);
-    let proxy = proxy_container(&labels, namespace, &typed_spec, template);
+    let proxy = proxy_container(&labels, &eff, template);
     push(spec, "initContainers", init);
-    push(spec, "containers", proxy);
+    let status = if eff.hold_application {
+        // After istio-init (its rules must be in place before Envoy runs), before every app container: the
+        // kubelet starts the apps only once the startup probe passed.
+        push(spec, "initContainers", proxy);
+        json!({
+            "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
+            "containers": [],
+            "volumes": ["istio-envoy", "istio-token", "istiod-ca-cert"],
+        })
+    } else {
+        push(spec, "containers", proxy);
+        json!({
+            "initContainers": [INIT_CONTAINER],
+            "containers": [PROXY_CONTAINER],
+            "volumes": ["istio-envoy", "istio-token", "istiod-ca-cert"],
+        })
+    };
     for v in volumes() {
         push(spec, "volumes", v);
     }
-    let status = json!({
-        "initContainers": [INIT_CONTAINER],
-        "containers": [PROXY_CONTAINER],
-        "volumes": ["istio-envoy", "istio-token", "istiod-ca-cert"],
-    });
     set(meta, "annotations", STATUS_ANNOTATION, status.to_string());
     set(meta, "annotations", "prometheus.io/scrape", "true".into());
     set(
@@ -308,28 +356,45 @@ fn bootstrap_arg(labels: &BTreeMap<String, String>, template: &Template) -> Stri
 
 fn proxy_container(
     labels: &BTreeMap<String, String>,
-    _namespace: &str,
-    _spec: &PodSpec,
+    eff: &Effective,
     template: &Template,
 ) -> Value {
     let field = |path: &str| json!({"fieldRef": {"apiVersion": "v1", "fieldPath": path}});
-    json!({
+    let mut args = vec!["--config-yaml".to_owned(), bootstrap_arg(labels, template)];
+    // 0: Envoy picks one worker per core (Istio's meaning of concurrency 0).
+    if eff.concurrency > 0 {
+        args.extend(["--concurrency".to_owned(), eff.concurrency.to_string()]);
+    }
+    args.extend(
+        [
+            "--drain-time-s",
+            &eff.drain_duration.as_secs().max(1).to_string(),
+            "--drain-strategy",
+            "immediate",
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+        ]
+        .map(str::to_owned),
+    );
+    let mut env = vec![
+        json!({"name": "POD_NAME", "valueFrom": field("metadata.name")}),
+        json!({"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}),
+        json!({"name": "INSTANCE_IP", "valueFrom": field("status.podIP")}),
+        json!({"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")}),
+    ];
+    env.extend(
+        eff.proxy_metadata
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v})),
+    );
+    let mut c = json!({
         "name": PROXY_CONTAINER,
         "image": template.proxy_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["envoy"],
-        "args": [
-            "--config-yaml", bootstrap_arg(labels, template),
-            "--concurrency", template.concurrency.to_string(),
-            "--disable-hot-restart",
-            "--log-level", "warning",
-        ],
-        "env": [
-            {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-            {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-            {"name": "INSTANCE_IP", "valueFrom": field("status.podIP")},
-            {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
-        ],
+        "args": args,
+        "env": env,
         "ports": [{"name": "http-envoy-prom", "containerPort": bootstrap::STATS_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/healthz/ready", "port": bootstrap::READINESS_PORT},
@@ -353,7 +418,24 @@ fn proxy_container(
             {"name": "istio-token", "mountPath": TOKEN_DIR},
             {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"},
         ],
-    })
+    });
+    let drain = eff.termination_drain_duration.as_secs();
+    if drain > 0 {
+        // No agent to drain on SIGTERM: the kubelet waits this long before signalling Envoy, which keeps
+        // serving the app's in-flight and late requests meanwhile.
+        c["lifecycle"] = json!({"preStop": {"sleep": {"seconds": drain}}});
+    }
+    if eff.hold_application {
+        // A native sidecar: runs for the pod's lifetime, and the app containers start after its startup probe.
+        c["restartPolicy"] = json!("Always");
+        c["startupProbe"] = json!({
+            "httpGet": {"path": "/healthz/ready", "port": bootstrap::READINESS_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 600,
+            "timeoutSeconds": 3,
+        });
+    }
+    c
 }
 
 fn volumes() -> Vec<Value> {
@@ -469,6 +551,113 @@ mod tests {
         // Typed: it is a valid Pod.
         let typed: Pod = serde_json::from_value(out).unwrap();
         assert_eq!(typed.spec.unwrap().containers.len(), 2);
+    }
+
+    #[test]
+    fn proxy_config_annotation_shapes_the_sidecar() {
+        let plain = inject_pod(
+            &pod(json!({}), json!({})),
+            Some(&enabled()),
+            &Template::default(),
+        )
+        .unwrap();
+        let proxy = &plain["spec"]["containers"][1];
+        let args: Vec<&str> = proxy["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[2..],
+            [
+                "--concurrency",
+                "2",
+                "--drain-time-s",
+                "45",
+                "--drain-strategy",
+                "immediate",
+                "--disable-hot-restart",
+                "--log-level",
+                "warning"
+            ]
+        );
+        assert_eq!(proxy["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+        assert!(proxy.get("restartPolicy").is_none());
+
+        let annotated = pod(
+            json!({"annotations": {"proxy.istio.io/config":
+                "concurrency: 0\ndrainDuration: 20s\nterminationDrainDuration: 30s\n\
+                 proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}\nholdApplicationUntilProxyStarts: true\n"}}),
+            json!({}),
+        );
+        let out = inject_pod(&annotated, Some(&enabled()), &Template::default()).unwrap();
+        // Held: Envoy is a native sidecar after istio-init, and the app is the only regular container.
+        let containers = out["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1);
+        assert_eq!(containers[0]["name"], "web");
+        let inits = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(inits[0]["name"], INIT_CONTAINER);
+        let proxy = &inits[1];
+        assert_eq!(proxy["name"], PROXY_CONTAINER);
+        assert_eq!(proxy["restartPolicy"], "Always");
+        assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/healthz/ready");
+        assert_eq!(proxy["startupProbe"]["httpGet"]["port"], 15021);
+        let args: Vec<&str> = proxy["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(!args.contains(&"--concurrency"), "{args:?}");
+        let at = args.iter().position(|a| *a == "--drain-time-s").unwrap();
+        assert_eq!(args[at + 1], "20");
+        assert_eq!(proxy["lifecycle"]["preStop"]["sleep"]["seconds"], 30);
+        assert!(
+            proxy["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}))
+        );
+        let status: Value = serde_json::from_str(
+            out["metadata"]["annotations"][STATUS_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            status["initContainers"],
+            json!([INIT_CONTAINER, PROXY_CONTAINER])
+        );
+        // A valid Pod, and injecting it again changes nothing.
+        let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+        let init = &typed.spec.unwrap().init_containers.unwrap()[1];
+        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            inject_pod(&out, Some(&enabled()), &Template::default()),
+            Err(Skip::AlreadyInjected)
+        );
+    }
+
+    #[test]
+    fn mesh_default_config_reaches_the_template() {
+        let mesh: crate::config::mesh::MeshConfig = serde_json::from_value(json!({
+            "defaultConfig": {"concurrency": 3, "drainDuration": "10s",
+                              "holdApplicationUntilProxyStarts": true,
+                              "proxyMetadata": {"A": "1"}}}))
+        .unwrap();
+        let t = Template::default().with_mesh(&mesh);
+        assert_eq!(t.concurrency, 3);
+        assert_eq!(t.drain_duration, std::time::Duration::from_secs(10));
+        assert!(t.hold_application_until_proxy_starts);
+        assert_eq!(t.proxy_metadata["A"], "1");
+        // The pod's annotation still wins.
+        let p = pod(
+            json!({"annotations": {"proxy.istio.io/config": "holdApplicationUntilProxyStarts: false"}}),
+            json!({}),
+        );
+        let out = inject_pod(&p, Some(&enabled()), &t).unwrap();
+        assert_eq!(out["spec"]["containers"][1]["name"], PROXY_CONTAINER);
     }
 
     #[test]
