@@ -301,3 +301,42 @@ fn init_logging(filter: &str, json: bool) {
         builder.init();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::CaSource;
+
+    #[test]
+    fn ca_source_prefers_cacerts_then_an_explicit_dir_then_kubernetes() {
+        let default = CaSource::SelfSigned {
+            state_dir: "/var/lib/rudder/ca".into(),
+        };
+        let kube = CaSource::Kube {
+            namespace: "istio-system".into(),
+        };
+        let plugged = CaSource::Plugged {
+            dir: "/etc/cacerts".into(),
+        };
+        let cases = [
+            (Some("/etc/cacerts"), false, true, plugged.clone()),
+            (Some("/etc/cacerts"), false, false, plugged),
+            (None, false, true, kube),
+            (None, true, true, default.clone()),
+            (None, false, false, default.clone()),
+        ];
+        for (cacerts, explicit, kube_on, want) in cases {
+            assert_eq!(
+                ca_source(
+                    &default,
+                    cacerts.map(PathBuf::from),
+                    explicit,
+                    kube_on,
+                    "istio-system"
+                ),
+                want,
+                "cacerts={cacerts:?} explicit_dir={explicit} kube={kube_on}"
+            );
+        }
+    }
+}

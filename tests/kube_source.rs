@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rudder::config::source::kube::{KubeSource, Options, Running};
+use rudder::config::source::kube::{KubeSource, Options, Running, wait_settled};
 use rudder::config::store::Store;
 use rudder::config::{Kind, ObjectKey};
 use rudder::test_helpers::kube::{Fake, coll, core};
@@ -306,4 +306,41 @@ async fn older_versions_and_endpoints_fallback_are_used_when_newer_are_not_serve
         ),
         "watched an unserved version"
     );
+}
+
+#[tokio::test]
+async fn readiness_waits_for_every_initial_list_and_names_what_is_missing() {
+    let fake = standard_fake();
+    fake.put(
+        &net("v1", "virtualservices"),
+        vs("a", "a.default.svc.cluster.local"),
+    );
+    let store = Arc::new(Store::new());
+    let running = start(&fake, &store);
+    // Unserved CRDs (AuthorizationPolicy, ...) count as settled: nothing to wait for.
+    let missing = wait_settled(&running, Duration::from_secs(10)).await;
+    assert!(missing.is_empty(), "{missing:?}");
+    assert!(has(&store, Kind::VirtualService, "default", "a"));
+    assert!(
+        running
+            .settled
+            .borrow()
+            .contains(&Kind::AuthorizationPolicy)
+    );
+    assert!(!running.synced.borrow().contains(&Kind::AuthorizationPolicy));
+
+    // A kind that cannot be listed never settles: the bound ends the wait and names it.
+    let fake = standard_fake();
+    fake.db
+        .lock()
+        .forbidden
+        .insert(net("v1", "destinationrules"));
+    let store = Arc::new(Store::new());
+    let running = start(&fake, &store);
+    let started = tokio::time::Instant::now();
+    let missing = wait_settled(&running, Duration::from_millis(1500)).await;
+    assert_eq!(missing, [Kind::DestinationRule]);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    // Everything else was there by then.
+    assert!(running.settled.borrow().contains(&Kind::Pod));
 }

@@ -26,6 +26,8 @@ pub type Coll = (String, String, String);
 pub struct Db {
     /// Collections that exist.
     pub served: BTreeSet<Coll>,
+    /// Collections that exist but this client may not read (403 Forbidden, as with missing RBAC).
+    pub forbidden: BTreeSet<Coll>,
     /// Objects by collection, namespace, name.
     pub objects: BTreeMap<(Coll, String, String), Value>,
     /// The global resource version, bumped on every write.
@@ -277,6 +279,9 @@ async fn handle(State(fake): State<Fake>, req: Request) -> Response {
             "NotFound",
             "the server could not find the requested resource",
         );
+    }
+    if fake.db.lock().forbidden.contains(&target.coll) {
+        return fail(403, "Forbidden", "forbidden by the fake's RBAC");
     }
     if method != Method::GET {
         let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {

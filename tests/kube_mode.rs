@@ -1,0 +1,317 @@
+//! Kubernetes mode end to end: `app::build` against the in-process fake API server with identity on.
+//!
+//! The first snapshot already holds what the fake lists (no half-empty first push); the self-signed root is
+//! persisted in Secret `istio-ca-secret`; every namespace gets ConfigMap `istio-ca-root-cert`; the webhook
+//! configurations get the root as `caBundle`; the webhooks serve a CA-issued certificate that verifies against
+//! that published root; and a real Envoy, trusting only the published root and presenting a service-account
+//! token, connects to the TLS xDS server and ACKs its configuration.
+
+use std::time::Duration;
+
+use base64::Engine;
+use rudder::app::{self, WebhookConfig};
+use rudder::config::source::kube::KubeClient;
+use rudder::security::bootstrap::{tls_ads_grpc_service, use_tls_ads};
+use rudder::security::testing::{TestIssuer, TokenSpec};
+use rudder::security::{self, CaSource, kube_ca, kube_trust};
+use rudder::test_helpers::envoy::{AdsApi, Envoy, bootstrap};
+use rudder::test_helpers::kube::{Fake, admission, coll, core};
+use rudder::test_helpers::mesh::free_port;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+const GW_SA: &str = "istio-ingressgateway-service-account";
+
+fn net(plural: &str) -> rudder::test_helpers::kube::Coll {
+    coll("networking.istio.io", "v1", plural)
+}
+
+fn cluster(gw_port: u16) -> Fake {
+    let fake = Fake::new(&[
+        core("namespaces"),
+        core("services"),
+        core("pods"),
+        core("secrets"),
+        core("configmaps"),
+        coll("discovery.k8s.io", "v1", "endpointslices"),
+        net("virtualservices"),
+        net("destinationrules"),
+        net("gateways"),
+        admission("mutatingwebhookconfigurations"),
+        admission("validatingwebhookconfigurations"),
+    ]);
+    for ns in ["default", "istio-system", "shop"] {
+        fake.put(
+            &core("namespaces"),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        );
+    }
+    fake.put(
+        &core("services"),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "fruits", "namespace": "default"},
+               "spec": {"clusterIP": "10.0.0.10", "selector": {"app": "fruits"},
+                        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    );
+    fake.put(
+        &core("pods"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "gw-1", "namespace": "istio-system",
+                            "labels": {"istio": "ingressgateway", "app": "istio-ingressgateway"}},
+               "spec": {"serviceAccountName": GW_SA, "containers": [{"name": "istio-proxy"}]},
+               "status": {"phase": "Running", "podIP": "127.0.0.1"}}),
+    );
+    fake.put(
+        &net("gateways"),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw", "namespace": "istio-system"},
+               "spec": {"selector": {"istio": "ingressgateway"},
+                        "servers": [{"port": {"number": gw_port, "name": "http", "protocol": "HTTP"},
+                                     "hosts": ["*"]}]}}),
+    );
+    fake.put(
+        &net("virtualservices"),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "fruits", "namespace": "istio-system"},
+               "spec": {"hosts": ["*"], "gateways": ["gw"],
+                        "http": [{"route": [{"destination": {"host": "fruits.default.svc.cluster.local",
+                                                             "port": {"number": 80}}}]}]}}),
+    );
+    let hook = |name: &str, path: &str| {
+        json!({"name": name, "sideEffects": "None", "admissionReviewVersions": ["v1"],
+               "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": path}}})
+    };
+    fake.put(
+        &admission("mutatingwebhookconfigurations"),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+               "metadata": {"name": kube_trust::INJECTOR_WEBHOOK},
+               "webhooks": [hook("namespace.sidecar-injector.istio.io", "/inject"),
+                            hook("rev.namespace.sidecar-injector.istio.io", "/inject")]}),
+    );
+    fake.put(
+        &admission("validatingwebhookconfigurations"),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+               "metadata": {"name": "istio-validator-istio-system"},
+               "webhooks": [hook("rev.validation.istio.io", "/validate")]}),
+    );
+    fake
+}
+
+fn cm_root(fake: &Fake, ns: &str) -> Option<String> {
+    fake.get(&core("configmaps"), ns, kube_trust::ROOT_CONFIGMAP)
+        .and_then(|c| c["data"][kube_trust::ROOT_KEY].as_str().map(str::to_owned))
+}
+
+fn bundles(fake: &Fake, plural: &str, name: &str) -> Vec<String> {
+    let w = fake
+        .get(&admission(plural), "", name)
+        .unwrap_or(Value::Null);
+    w["webhooks"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    h["clientConfig"]["caBundle"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn kube_mode_publishes_the_ca_and_serves_envoy_over_tls() {
+    let gw_port = free_port();
+    let fake = cluster(gw_port);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TestIssuer::default();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, tokens.jwks().to_string()).unwrap();
+    let mut identity = security::Config::new(dir.path().join("unused-ca-dir"), jwks);
+    identity.ca = CaSource::Kube {
+        namespace: "istio-system".into(),
+    };
+    identity.tls_addr = "127.0.0.1:0".parse().unwrap();
+    let bound = app::build(app::Config {
+        xds_addr: Some("127.0.0.1:0".parse().unwrap()),
+        kube: Some(KubeClient(fake.client())),
+        identity: Some(identity),
+        webhook: Some(WebhookConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cert: None,
+            key: None,
+        }),
+        kube_sync_timeout: WAIT,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // The very first snapshot already has what the API server listed.
+    let first = bound.snapshots.borrow().clone();
+    assert!(
+        first
+            .snapshot
+            .registry
+            .services()
+            .iter()
+            .any(|s| s.hostname == "fruits.default.svc.cluster.local"),
+        "first snapshot: {}",
+        first.snapshot.summary()
+    );
+
+    // The self-signed root was created in istio-ca-secret and is the one in use.
+    let root = bound
+        .secret_issuer
+        .as_ref()
+        .unwrap()
+        .ca()
+        .root_pem()
+        .to_owned();
+    let secret = fake
+        .get(&core("secrets"), "istio-system", kube_ca::CA_SECRET)
+        .expect("istio-ca-secret created");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let stored = b64
+        .decode(secret["data"]["ca-cert.pem"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(String::from_utf8(stored).unwrap(), root);
+
+    // Root ConfigMaps in every namespace, caBundle on both webhook configurations.
+    let want_bundle = b64.encode(&root);
+    let published = fake
+        .wait_for(WAIT, |f| {
+            ["default", "istio-system", "shop"]
+                .iter()
+                .all(|ns| cm_root(f, ns).as_deref() == Some(root.as_str()))
+                && bundles(f, "mutatingwebhookconfigurations", "istio-sidecar-injector")
+                    == [want_bundle.clone(), want_bundle.clone()]
+                && bundles(
+                    f,
+                    "validatingwebhookconfigurations",
+                    "istio-validator-istio-system",
+                ) == [want_bundle.clone()]
+        })
+        .await;
+    assert!(published, "writes: {:?}", fake.writes());
+
+    // The webhooks serve a certificate for istiod.istio-system.svc that the published root verifies.
+    let published_root = cm_root(&fake, "shop").unwrap();
+    let webhook = bound.webhook_addr.unwrap();
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(published_root.as_bytes()).unwrap())
+        .resolve("istiod.istio-system.svc", webhook)
+        .build()
+        .unwrap();
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u-1", "kind": {"group": "networking.istio.io", "version": "v1", "kind": "VirtualService"},
+        "namespace": "shop", "operation": "CREATE",
+        "object": {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "r", "namespace": "shop"},
+                   "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": ""}}]}]}}}});
+    let answer: Value = https
+        .post(format!(
+            "https://istiod.istio-system.svc:{}/validate",
+            webhook.port()
+        ))
+        .json(&review)
+        .send()
+        .await
+        .expect("webhook TLS verifies against the published root")
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+
+    // A real Envoy trusting only the published root, with its service-account token, gets and ACKs config.
+    let root_file = dir.path().join("root-cert.pem");
+    std::fs::write(&root_file, &published_root).unwrap();
+    let token_file = dir.path().join("istio-token");
+    std::fs::write(
+        &token_file,
+        tokens.token(&TokenSpec::new("istio-system", GW_SA)),
+    )
+    .unwrap();
+    let tls = bound.xds_tls_addr.unwrap();
+    let node = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
+    let mut b = bootstrap(node, "istio-ingressgateway", tls, AdsApi::Grpc);
+    use_tls_ads(
+        &mut b,
+        tls_ads_grpc_service(
+            &tls.to_string(),
+            &root_file,
+            &token_file,
+            Some("istiod.istio-system.svc"),
+        ),
+    );
+    b["static_resources"] = json!({});
+    let envoy = Envoy::start(&b).await;
+    let listener = format!("0.0.0.0_{gw_port}");
+    envoy
+        .wait_config("gateway listener and fruits cluster", WAIT, |d| {
+            d.iter().any(|r| r.kind == "listener" && r.name == listener)
+                && d.iter().any(|r| {
+                    r.kind == "cluster" && r.name == "outbound|80||fruits.default.svc.cluster.local"
+                })
+        })
+        .await;
+    let registry = bound.xds_tls_registry.as_ref().unwrap();
+    let conns = registry.connections();
+    assert!(!conns.is_empty(), "Envoy is connected over TLS");
+    for c in &conns {
+        for (type_url, t) in &c.types {
+            assert!(
+                t.last_nack.is_none(),
+                "{type_url} NACKed: {:?}",
+                t.last_nack
+            );
+        }
+    }
+    assert!(
+        conns
+            .iter()
+            .flat_map(|c| c.types.values())
+            .any(|t| t.acked_version.is_some()),
+        "nothing ACKed"
+    );
+    drop(envoy);
+    bound.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unlistable_kind_delays_readiness_only_up_to_the_bound() {
+    let fake = cluster(free_port());
+    fake.db.lock().forbidden.insert(net("destinationrules"));
+    let started = tokio::time::Instant::now();
+    let bound = app::build(app::Config {
+        xds_addr: None,
+        debug_addr: Some("127.0.0.1:0".parse().unwrap()),
+        kube: Some(KubeClient(fake.client())),
+        kube_sync_timeout: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Nothing was served before the bound; then what is synced is served.
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let first = bound.snapshots.borrow().clone();
+    assert!(
+        first
+            .snapshot
+            .registry
+            .services()
+            .iter()
+            .any(|s| s.hostname == "fruits.default.svc.cluster.local")
+    );
+    let ready = reqwest::get(format!("http://{}/ready", bound.debug_addr.unwrap()))
+        .await
+        .unwrap();
+    assert!(ready.status().is_success());
+    // Without identity nothing is written to the cluster.
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    bound.shutdown().await;
+}
