@@ -987,3 +987,190 @@ async fn gateway_routes_answer_real_requests() {
     drop(gw);
     bound.shutdown().await;
 }
+
+// ---- delegate VirtualServices, end to end --------------------------------------------------------------------
+
+/// An HTTP server on `ip` answering `<name> <path>`: which backend served a request, and what path it saw.
+async fn named_upstream(ip: &str, name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .fallback(move |uri: axum::http::Uri| async move { format!("{name} {}", uri.path()) });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// A root VirtualService on a gateway delegates `/team` to a host-less VirtualService in another namespace (loaded
+/// from the config directory: validation accepts delegates). Real requests reach the delegate's destinations, with
+/// the root's header operation inherited; the root's other rule still answers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_virtual_services_route_real_requests() {
+    let _serial = ENVOY_LOCK.lock().await;
+    let a_port = named_upstream("127.0.0.11", "a").await;
+    let b_port = named_upstream("127.0.0.12", "b").await;
+    let gw_port = free_port();
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {GATEWAY_POD}, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers: [{{name: istio-proxy}}]
+status: {{phase: Running, podIP: 127.0.0.2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: team-a-1, namespace: shop, labels: {{app: team-a}}}}
+spec:
+  containers: [{{name: app, ports: [{{name: http, containerPort: {a_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.0.11}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: team-b-1, namespace: shop, labels: {{app: team-b}}}}
+spec:
+  containers: [{{name: app, ports: [{{name: http, containerPort: {b_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.0.12}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: team-a, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.51
+  selector: {{app: team-a}}
+  ports: [{{name: http, port: 20800, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: team-b, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.52
+  selector: {{app: team-b}}
+  ports: [{{name: http, port: 20800, targetPort: http}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: [shop.example.io]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: shop}}
+spec:
+  hosts: [shop.example.io]
+  gateways: [edge]
+  http:
+  - name: team
+    match: [{{uri: {{prefix: /team}}}}]
+    headers: {{response: {{set: {{x-root: inherited}}}}}}
+    delegate: {{name: team, namespace: teams}}
+  - directResponse: {{status: 200, body: {{string: root}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: team, namespace: teams}}
+spec:
+  http:
+  - name: a
+    match: [{{uri: {{prefix: /team/a}}}}]
+    route: [{{destination: {{host: team-a.shop.svc.cluster.local, port: {{number: 20800}}}}}}]
+  - route: [{{destination: {{host: team-b.shop.svc.cluster.local, port: {{number: 20800}}}}}}]
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    let bound = start(dir.path()).await;
+    // The file source took the delegate: it is in the store, not rejected.
+    assert!(
+        bound
+            .store
+            .get(&rudder::config::ObjectKey::new(
+                rudder::config::Kind::VirtualService,
+                "teams",
+                "team"
+            ))
+            .is_some(),
+        "the delegate VirtualService was not loaded"
+    );
+    let registry = bound.xds_registry.clone().unwrap();
+    let gw = Envoy::start(&bootstrap(
+        &format!("router~127.0.0.2~{GATEWAY_POD}.istio-system~istio-system.svc.cluster.local"),
+        "istio-ingressgateway.istio-system",
+        bound.xds_addr.unwrap(),
+        AdsApi::DeltaGrpc,
+    ))
+    .await;
+    let names = vec![format!("http.{gw_port}")];
+    wait_rds_acked(&registry, GATEWAY_POD, &names).await;
+    let routes = wait_dumped_routes(&gw, &names).await;
+    let vh = vhost(
+        find(&routes, &names[0]),
+        &format!("shop.example.io:{gw_port}"),
+    );
+    let route_names: Vec<&str> = vh["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(route_names, ["team-a", "team", ""], "{vh:#}");
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Endpoints may trail the routes: retry until the delegate's first destination answers.
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    let r = loop {
+        let r = send(
+            &client,
+            reqwest::Method::GET,
+            gw_port,
+            "shop.example.io",
+            "/team/a/x",
+            &[],
+        )
+        .await;
+        if r.status() == 200 || tokio::time::Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-root"], "inherited");
+    assert_eq!(r.text().await.unwrap(), "a /team/a/x");
+    let r = send(
+        &client,
+        reqwest::Method::GET,
+        gw_port,
+        "shop.example.io",
+        "/team/zz",
+        &[],
+    )
+    .await;
+    assert_eq!(r.headers()["x-root"], "inherited");
+    assert_eq!(r.text().await.unwrap(), "b /team/zz");
+    let r = send(
+        &client,
+        reqwest::Method::GET,
+        gw_port,
+        "shop.example.io",
+        "/other",
+        &[],
+    )
+    .await;
+    assert!(r.headers().get("x-root").is_none());
+    assert_eq!(r.text().await.unwrap(), "root");
+
+    for c in registry.connections() {
+        for (ty, t) in &c.types {
+            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
+        }
+    }
+    drop(gw);
+    bound.shutdown().await;
+}

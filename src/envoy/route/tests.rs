@@ -828,8 +828,8 @@ fn cors_policy_goes_to_the_cors_filter() {
 
 // ---- delegation, merging, conflicts -------------------------------------------------------------------------
 
-/// A snapshot without validation: rudder's validator still requires `hosts` on every VirtualService, while istiod
-/// (delegation enabled, its default) accepts host-less delegates.
+/// A snapshot without validation (the fixtures below include rules istiod's validation would refuse, to show the
+/// generator still skips them safely).
 fn unvalidated(extra: &str) -> Snapshot {
     use crate::config::parse::{Document, parse_documents};
     let yaml = format!("{MESH}\n---\n{extra}");
@@ -891,6 +891,110 @@ fn delegate_rules_are_pulled_in_with_merged_matches() {
     assert_eq!(
         cluster(&routes[2]),
         "outbound|9080|fallback|reviews.shop.svc.cluster.local"
+    );
+}
+
+#[test]
+fn delegate_rules_inherit_what_they_leave_unset_from_the_root() {
+    let snap = with(&format!(
+        "{}\n---\n{}",
+        vs(
+            "root",
+            r#"  hosts: [reviews]
+  http:
+  - name: team
+    match: [{uri: {prefix: /team}}]
+    rewrite: {authority: team.internal}
+    timeout: 7s
+    retries: {attempts: 2, retryOn: connect-failure}
+    headers: {request: {set: {x-root: "1"}}}
+    delegate: {name: child, namespace: shop}
+"#
+        ),
+        vs(
+            "child",
+            r#"  http:
+  - name: a
+    match: [{uri: {prefix: /team/a}}]
+    timeout: 2s
+    route: [{destination: {host: reviews, subset: a}}]
+  - route: [{destination: {host: reviews, subset: rest}}]
+"#
+        )
+    ));
+    let routes = routes_of(&snap, 9080, REVIEWS);
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    // istiod chains the names: `root-delegate`, or the root's alone.
+    assert_eq!(names, ["team-a", "team"]);
+    // The delegate's own timeout wins; the rest comes from the root rule.
+    assert_eq!(action(&routes[0]).timeout.unwrap().seconds, 2);
+    assert_eq!(action(&routes[1]).timeout.unwrap().seconds, 7);
+    for r in &routes {
+        let a = action(r);
+        assert_eq!(
+            a.host_rewrite_specifier,
+            Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+                "team.internal".into()
+            )),
+            "{}",
+            r.name
+        );
+        let rp = a.retry_policy.as_ref().unwrap();
+        assert_eq!(rp.num_retries.unwrap().value, 2);
+        assert_eq!(rp.retry_on, "connect-failure");
+        assert!(
+            r.request_headers_to_add
+                .iter()
+                .any(|h| h.header.as_ref().unwrap().key == "x-root"),
+            "{}",
+            r.name
+        );
+    }
+}
+
+#[test]
+fn delegate_rules_conflicting_with_the_root_are_dropped_as_istiod_does() {
+    let snap = unvalidated(&format!(
+        "{}\n---\n{}",
+        vs(
+            "root",
+            r#"  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /api}, method: {exact: GET}}, {uri: {exact: /health}}]
+    delegate: {name: child, namespace: shop}
+"#
+        ),
+        vs(
+            "child",
+            r#"  http:
+  - name: one-match-outside
+    match: [{uri: {prefix: /api/v1}}, {uri: {prefix: /other}}]
+    route: [{destination: {host: reviews, subset: x}}]
+  - name: other-method
+    match: [{uri: {prefix: /api/v2}, method: {exact: POST}}]
+    route: [{destination: {host: reviews, subset: x}}]
+  - name: regex-under-prefix
+    match: [{uri: {regex: "/api/.*"}}]
+    route: [{destination: {host: reviews, subset: x}}]
+  - name: ok
+    match: [{uri: {prefix: /api/v3}}, {uri: {exact: /health}}]
+    route: [{destination: {host: reviews, subset: ok}}]
+"#
+        )
+    ));
+    let routes = routes_of(&snap, 9080, REVIEWS);
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    // A delegate rule is dropped when any of its matches fits no root match; `ok`'s two matches each fit one.
+    assert_eq!(names, ["ok", "ok"]);
+    assert_eq!(
+        path(&routes[0]),
+        route_match::PathSpecifier::Prefix("/api/v3".into())
+    );
+    // The root's method carries over to the merged match.
+    assert_eq!(headers(&routes[0])[0].name, ":method");
+    assert_eq!(
+        path(&routes[1]),
+        route_match::PathSpecifier::Path("/health".into())
     );
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::istio::common::StringMatch;
 use crate::config::istio::networking::{HttpMatchRequest, HttpRoute, VirtualServiceSpec};
 use crate::config::{Kind, Object};
 use crate::model::proxy::{Istio, ProxyScope, host_match_rank, resolve_host};
@@ -229,6 +230,7 @@ fn expand(
             };
             let mut http = child.clone();
             http.r#match = matches;
+            inherit(&mut http, rule);
             out.push(Rule {
                 origin: format!("{d_ns}/{d_name}"),
                 namespace: d_ns.to_string(),
@@ -239,8 +241,9 @@ fn expand(
     out
 }
 
-/// Root × delegate matches, keeping only compatible pairs (the delegate narrows the root). `None` when no pair is
-/// compatible; an empty list means "match everything".
+/// Root × delegate matches, as istiod's `mergeHTTPMatchRequests`: every delegate match must fit at least one root
+/// match (else the whole delegate rule conflicts: `None`), and yields one merged match per root match it fits. An
+/// empty list means "match everything".
 pub fn merge_matches(
     root: &[HttpMatchRequest],
     child: &[HttpMatchRequest],
@@ -251,68 +254,176 @@ pub fn merge_matches(
     if child.is_empty() {
         return Some(root.to_vec());
     }
-    let merged: Vec<HttpMatchRequest> = root
-        .iter()
-        .flat_map(|r| child.iter().filter_map(move |c| merge_match(r, c)))
-        .collect();
-    (!merged.is_empty()).then_some(merged)
+    let mut merged = Vec::new();
+    for c in child {
+        let fits: Vec<HttpMatchRequest> = root
+            .iter()
+            .filter(|r| !conflicts(r, c))
+            .map(|r| merge_match(r, c))
+            .collect();
+        if fits.is_empty() {
+            return None;
+        }
+        merged.extend(fits);
+    }
+    Some(merged)
 }
 
-fn merge_match(root: &HttpMatchRequest, child: &HttpMatchRequest) -> Option<HttpMatchRequest> {
-    let mut out = child.clone();
-    out.uri = match (&root.uri, &child.uri) {
-        (None, c) => c.clone(),
-        (r, None) => r.clone(),
-        (Some(r), Some(c)) => {
-            // The delegate's path must lie within the root's prefix.
-            let within = match (&r.prefix, &c.prefix, &c.exact) {
-                (Some(rp), Some(cp), _) => cp.starts_with(rp.as_str()),
-                (Some(rp), _, Some(ce)) => ce.starts_with(rp.as_str()),
-                _ => r == c,
-            };
-            if !within {
-                return None;
-            }
-            Some(c.clone())
-        }
+/// Whether a delegate match cannot narrow a root match (istiod's `hasConflict`).
+fn conflicts(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+    let pairs = [
+        (&root.uri, &leaf.uri),
+        (&root.scheme, &leaf.scheme),
+        (&root.method, &leaf.method),
+        (&root.authority, &leaf.authority),
+    ];
+    if pairs
+        .iter()
+        .any(|(r, l)| string_match_conflict(r.as_ref(), l.as_ref()))
+    {
+        return true;
+    }
+    let map_conflict = |r: &BTreeMap<String, StringMatch>, l: &BTreeMap<String, StringMatch>| {
+        l.iter()
+            .any(|(k, lv)| string_match_conflict(r.get(k), Some(lv)))
     };
-    fn scalar<T: Clone + PartialEq>(r: &Option<T>, c: &Option<T>) -> Result<Option<T>, ()> {
-        match (r, c) {
-            (Some(a), Some(b)) if a != b => Err(()),
-            (Some(a), _) => Ok(Some(a.clone())),
-            (None, b) => Ok(b.clone()),
+    if map_conflict(&root.headers, &leaf.headers)
+        || map_conflict(&root.without_headers, &leaf.without_headers)
+        || map_conflict(&root.query_params, &leaf.query_params)
+    {
+        return true;
+    }
+    if root.ignore_uri_case.unwrap_or(false) != leaf.ignore_uri_case.unwrap_or(false) {
+        return true;
+    }
+    if let (Some(r), Some(l)) = (root.port, leaf.port)
+        && r > 0
+        && l > 0
+        && r != l
+    {
+        return true;
+    }
+    // A root limited to a source namespace only admits delegates limited to the same one.
+    if let Some(r) = root.source_namespace.as_deref().filter(|n| !n.is_empty())
+        && leaf.source_namespace.as_deref() != Some(r)
+    {
+        return true;
+    }
+    if leaf
+        .source_labels
+        .iter()
+        .any(|(k, v)| root.source_labels.get(k).is_some_and(|rv| rv != v))
+    {
+        return true;
+    }
+    // The root's gateways must be a superset of the delegate's.
+    !root.gateways.is_empty()
+        && !leaf.gateways.is_empty()
+        && leaf.gateways.iter().any(|g| !root.gateways.contains(g))
+}
+
+/// Whether a delegate string match is not within the root's (istiod's `stringMatchConflict`): regexes only combine
+/// with an absent match, an exact root admits the same exact, a prefix root admits longer prefixes and exacts
+/// under it.
+fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bool {
+    let (Some(root), Some(leaf)) = (root, leaf) else {
+        return false;
+    };
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    let any = |m: &StringMatch| set(&m.exact) || set(&m.prefix) || set(&m.regex);
+    if set(&root.regex) || set(&leaf.regex) {
+        return any(root) && any(leaf);
+    }
+    if let Some(exact) = root.exact.as_deref().filter(|e| !e.is_empty()) {
+        return set(&leaf.prefix) || leaf.exact.as_deref() != Some(exact);
+    }
+    if let Some(prefix) = root.prefix.as_deref().filter(|p| !p.is_empty()) {
+        if let Some(lp) = leaf.prefix.as_deref().filter(|p| !p.is_empty()) {
+            return !lp.starts_with(prefix);
+        }
+        if let Some(le) = leaf.exact.as_deref().filter(|e| !e.is_empty()) {
+            return !le.starts_with(prefix);
         }
     }
-    out.scheme = scalar(&root.scheme, &child.scheme).ok()?;
-    out.method = scalar(&root.method, &child.method).ok()?;
-    out.authority = scalar(&root.authority, &child.authority).ok()?;
-    out.port = scalar(&root.port, &child.port).ok()?;
-    out.source_namespace = scalar(&root.source_namespace, &child.source_namespace).ok()?;
-    out.ignore_uri_case = scalar(&root.ignore_uri_case, &child.ignore_uri_case).ok()?;
-    fn union<V: Clone + PartialEq>(
-        r: &BTreeMap<String, V>,
-        c: &BTreeMap<String, V>,
-    ) -> Option<BTreeMap<String, V>> {
-        let mut out = c.clone();
-        for (k, v) in r {
-            match out.get(k) {
-                Some(existing) if existing != v => return None,
-                _ => {
-                    out.insert(k.clone(), v.clone());
-                }
-            }
+    true
+}
+
+/// istiod's `mergeHTTPMatchRequest`: the delegate's fields win, the root fills what it leaves unset, maps merge
+/// (delegate entries over the root's), names chain `root-delegate`.
+fn merge_match(root: &HttpMatchRequest, child: &HttpMatchRequest) -> HttpMatchRequest {
+    let mut out = child.clone();
+    out.name = chain_names(root.name.as_deref(), child.name.as_deref());
+    for (o, r) in [
+        (&mut out.uri, &root.uri),
+        (&mut out.scheme, &root.scheme),
+        (&mut out.method, &root.method),
+        (&mut out.authority, &root.authority),
+    ] {
+        if o.is_none() {
+            o.clone_from(r);
         }
-        Some(out)
     }
-    out.headers = union(&root.headers, &child.headers)?;
-    out.without_headers = union(&root.without_headers, &child.without_headers)?;
-    out.query_params = union(&root.query_params, &child.query_params)?;
-    out.source_labels = union(&root.source_labels, &child.source_labels)?;
+    fn merged<V: Clone>(r: &BTreeMap<String, V>, c: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+        let mut out = r.clone();
+        out.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out
+    }
+    out.headers = merged(&root.headers, &child.headers);
+    out.without_headers = merged(&root.without_headers, &child.without_headers);
+    out.query_params = merged(&root.query_params, &child.query_params);
+    out.source_labels = merged(&root.source_labels, &child.source_labels);
+    if out.port.unwrap_or(0) == 0 {
+        out.port = root.port;
+    }
+    if out
+        .source_namespace
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        out.source_namespace.clone_from(&root.source_namespace);
+    }
     if out.gateways.is_empty() {
-        out.gateways = root.gateways.clone();
+        out.gateways.clone_from(&root.gateways);
     }
-    if out.name.is_none() {
-        out.name = root.name.clone();
+    if out.stat_prefix.as_deref().unwrap_or_default().is_empty() {
+        out.stat_prefix.clone_from(&root.stat_prefix);
     }
-    Some(out)
+    out
+}
+
+/// `root-child`, or whichever is set.
+fn chain_names(root: Option<&str>, child: Option<&str>) -> Option<String> {
+    match (
+        root.filter(|n| !n.is_empty()),
+        child.filter(|n| !n.is_empty()),
+    ) {
+        (Some(r), Some(c)) => Some(format!("{r}-{c}")),
+        (r, c) => c.or(r).map(str::to_owned),
+    }
+}
+
+/// istiod's `mergeHTTPRoute`: what the delegate's rule leaves unset, the root's rule provides (rewrite, timeout,
+/// retries, fault, mirrors, CORS, header operations), and names chain `root-delegate`.
+fn inherit(child: &mut HttpRoute, root: &HttpRoute) {
+    child.name = chain_names(root.name.as_deref(), child.name.as_deref());
+    fn fill<T: Clone>(c: &mut Option<T>, r: &Option<T>) {
+        if c.is_none() {
+            c.clone_from(r);
+        }
+    }
+    fill(&mut child.rewrite, &root.rewrite);
+    fill(&mut child.direct_response, &root.direct_response);
+    fill(&mut child.timeout, &root.timeout);
+    fill(&mut child.retries, &root.retries);
+    fill(&mut child.fault, &root.fault);
+    fill(&mut child.mirror, &root.mirror);
+    fill(&mut child.mirror_percent, &root.mirror_percent);
+    fill(&mut child.mirror_percent_snake, &root.mirror_percent_snake);
+    fill(&mut child.mirror_percentage, &root.mirror_percentage);
+    fill(&mut child.cors_policy, &root.cors_policy);
+    fill(&mut child.headers, &root.headers);
+    if child.mirrors.is_empty() {
+        child.mirrors.clone_from(&root.mirrors);
+    }
 }
