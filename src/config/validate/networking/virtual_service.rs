@@ -383,6 +383,13 @@ fn fault(f: &HttpFaultInjection, path: &str, r: &mut Report) {
         }
         min_1ms(d.fixed_delay, &format!("{p}.fixedDelay"), r);
         min_1ms(d.exponential_delay, &format!("{p}.exponentialDelay"), r);
+        if d.exponential_delay.is_some() {
+            // istiod refuses it ("not supported yet"); rudder loads the rest of the rule and injects no delay.
+            r.warn(
+                format!("{p}.exponentialDelay"),
+                "exponentialDelay is not supported (istiod rejects it too); no delay is injected",
+            );
+        }
         if let Some(pct) = d.percent
             && let Err(e) = check_percent(f64::from(pct))
         {
