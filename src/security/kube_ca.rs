@@ -58,25 +58,11 @@ pub async fn load(
     trust_domain: &str,
     workload_ttl: Duration,
 ) -> Result<(Ca, Origin), Error> {
+    if let Some(found) = read(client, namespace, trust_domain, workload_ttl).await? {
+        return Ok(found);
+    }
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let err = |e: kube::Error| Error::Kube(namespace.to_owned(), e.to_string());
-    if let Some(s) = api.get_opt(CACERTS_SECRET).await.map_err(err)? {
-        let pems = PluggedPems {
-            ca_cert: text(&s, ca::CA_CERT),
-            ca_key: text(&s, ca::CA_KEY),
-            root_cert: text(&s, ca::ROOT_CERT),
-            cert_chain: Some(text(&s, ca::CERT_CHAIN)).filter(|c| !c.trim().is_empty()),
-        };
-        let at = secret_path(namespace, CACERTS_SECRET);
-        let ca = Ca::plugged_from_pem(&pems, &at, trust_domain, workload_ttl)?;
-        return Ok((ca, Origin::Plugged));
-    }
-    if let Some(s) = api.get_opt(CA_SECRET).await.map_err(err)? {
-        return Ok((
-            self_signed(&s, namespace, trust_domain, workload_ttl)?,
-            Origin::SelfSigned,
-        ));
-    }
     let (cert_pem, key_pem) = ca::new_root(trust_domain)?;
     match api
         .create(
@@ -111,6 +97,35 @@ pub async fn load(
     }
 }
 
+/// The CA from `cacerts` or `istio-ca-secret`, whichever exists first in that order; `None` when neither does.
+pub async fn read(
+    client: &kube::Client,
+    namespace: &str,
+    trust_domain: &str,
+    workload_ttl: Duration,
+) -> Result<Option<(Ca, Origin)>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let err = |e: kube::Error| Error::Kube(namespace.to_owned(), e.to_string());
+    if let Some(s) = api.get_opt(CACERTS_SECRET).await.map_err(err)? {
+        let pems = PluggedPems {
+            ca_cert: text(&s, ca::CA_CERT),
+            ca_key: text(&s, ca::CA_KEY),
+            root_cert: text(&s, ca::ROOT_CERT),
+            cert_chain: Some(text(&s, ca::CERT_CHAIN)).filter(|c| !c.trim().is_empty()),
+        };
+        let at = secret_path(namespace, CACERTS_SECRET);
+        let ca = Ca::plugged_from_pem(&pems, &at, trust_domain, workload_ttl)?;
+        return Ok(Some((ca, Origin::Plugged)));
+    }
+    match api.get_opt(CA_SECRET).await.map_err(err)? {
+        Some(s) => Ok(Some((
+            self_signed(&s, namespace, trust_domain, workload_ttl)?,
+            Origin::SelfSigned,
+        ))),
+        None => Ok(None),
+    }
+}
+
 /// The Secret istiod writes for its self-signed root.
 pub fn ca_secret(namespace: &str, cert_pem: &str, key_pem: &str) -> Secret {
     let data: BTreeMap<String, ByteString> = [
@@ -136,7 +151,8 @@ pub fn ca_secret(namespace: &str, cert_pem: &str, key_pem: &str) -> Secret {
 }
 
 /// Re-reads the Secrets every `every`, and when the CA changed hands it to `issuer` (which drops the cached
-/// workload certificates) and publishes the new root on `roots`. A read that fails keeps the current CA.
+/// workload certificates) and publishes the new root on `roots`. A read that fails, or finds neither Secret
+/// (deleted while running), keeps the current CA: a new root is only ever made at startup.
 pub async fn run_reload(
     client: kube::Client,
     namespace: String,
