@@ -248,11 +248,7 @@ async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() 
 
     // (a) Every listener is ACKed: none NACKed in rudder's registry, none in error in Envoy's dump.
     let conn = wait_lds_acked(&registry, "app-1").await;
-    let mut sent: Vec<&str> = conn.types[LISTENER]
-        .sent
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let mut sent: Vec<&str> = conn.types[LISTENER].sent.names();
     sent.sort();
     let mut expected = SIDECAR_LISTENERS.to_vec();
     expected.sort();
@@ -438,8 +434,8 @@ async fn gateway_listener_routes_real_traffic_to_a_local_server() {
     let conn = wait_lds_acked(&registry, "ingress-1").await;
     let name = format!("0.0.0.0_{gw_port}");
     assert_eq!(
-        conn.types[LISTENER].sent.keys().collect::<Vec<_>>(),
-        [&name],
+        conn.types[LISTENER].sent.names(),
+        [name.as_str()],
         "two Gateways on one port make one listener"
     );
     let ls = wait_listeners(&envoy, "the gateway listener", |ls| {
@@ -624,11 +620,12 @@ async fn envoy_accepts_the_book_example_sidecar_listeners() {
         assert!(
             sent.contains_key(name),
             "{name} not sent: {:?}",
-            sent.keys()
+            sent.names()
         );
     }
     let ls = wait_listeners(&envoy, "every book listener active", |ls| {
-        sent.keys()
+        sent.names()
+            .into_iter()
             .all(|n| ls.iter().any(|l| l.name == *n && l.active))
     })
     .await;

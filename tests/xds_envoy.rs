@@ -130,7 +130,7 @@ async fn scenario(api: AdsApi) {
         let expected = match api {
             AdsApi::Grpc => v1.to_string(),
             // Delta: each resource carries its content hash.
-            AdsApi::DeltaGrpc => conn.types[t].sent[name].version().to_owned(),
+            AdsApi::DeltaGrpc => conn.types[t].sent.get(name).unwrap().version().to_owned(),
         };
         assert_eq!(
             version_of(&dumped, kind, name),

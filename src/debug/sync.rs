@@ -319,7 +319,7 @@ pub fn nackz(conns: &[ConnectionStatus], rejected: &[ConfigError]) -> Nackz {
                 .map(|name| NackedResource {
                     name: name.clone(),
                     config: match t.sent.get(name) {
-                        Some(SentResource::Sent(r)) => resource_refs(r),
+                        Some(SentResource::Sent(r)) => resource_refs(&r),
                         _ => Vec::new(),
                     },
                 })
@@ -443,7 +443,7 @@ pub fn config_status(
                 }
                 let holds = match (&expected, t.sent.get(&name)) {
                     (None, None) => true,
-                    (Some(e), Some(SentResource::Sent(s))) => same_content(e, s),
+                    (Some(e), Some(SentResource::Sent(s))) => same_content(e, &s),
                     _ => false,
                 };
                 let state = if t.last_nack.is_some() {

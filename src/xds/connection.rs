@@ -20,7 +20,7 @@ use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::grpc::RequestStream;
-use super::registry::{ConnectionStatus, Nack, Protocol, Registry, SentResource, TypeStatus};
+use super::registry::{Chosen, ConnectionStatus, Held, Nack, Protocol, Registry, TypeStatus};
 use super::{Authenticate, Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
 /// State shared by every stream of one server.
@@ -127,6 +127,8 @@ impl TypeState {
                         .unwrap_or_default(),
                 );
                 self.status.last_nack = None;
+                // The names are only kept to explain a NACK.
+                self.last_names = Vec::new();
                 if let Some(published) = self.push_published.take() {
                     metrics.convergence.observe(published.elapsed());
                 }
@@ -139,14 +141,14 @@ impl TypeState {
     /// The resources of `set` this subscription asks for (sorted by name), or `None` when neither the set
     /// (by digest) nor the subscription changed since the last build and no response is owed: the O(1) path
     /// for the many proxies a generation does not concern.
-    pub fn select(&mut self, set: &ResourceSet) -> Option<Vec<Arc<XdsResource>>> {
+    pub fn select(&mut self, set: &ResourceSet) -> Option<Chosen> {
         let input = (set.digest(), self.sub_epoch);
         if !self.must_respond && self.built_from == Some(input) {
             return None;
         }
         self.built_from = Some(input);
         if self.status.wildcard {
-            return Some(set.items().to_vec());
+            return Some(Chosen::All(set.clone()));
         }
         // Merge the two name-sorted sequences instead of looking every resource up.
         let mut out = Vec::with_capacity(self.status.names.len().min(set.len()));
@@ -159,7 +161,11 @@ impl TypeState {
                 Some(_) => {}
             }
         }
-        Some(out)
+        // Subscribed to every resource of the set (the usual EDS case): share the set.
+        Some(match out.len() == set.len() {
+            true => Chosen::All(set.clone()),
+            false => Chosen::Some(out),
+        })
     }
 
     /// The subscription (names or wildcard) changed: the next build must look at the content.
@@ -473,21 +479,19 @@ impl Diff {
 }
 
 /// One merge pass over both name-sorted sequences (no lookups): this runs for every affected connection.
-pub(crate) fn diff(sent: &BTreeMap<String, SentResource>, chosen: &[Arc<XdsResource>]) -> Diff {
+pub(crate) fn diff(sent: &Held, chosen: &[Arc<XdsResource>]) -> Diff {
     let mut d = Diff::default();
-    let mut held = sent.iter().peekable();
+    let mut held = sent.versions().peekable();
     for r in chosen {
-        while let Some((name, _)) = held.next_if(|(n, _)| n.as_str() < r.name.as_str()) {
-            d.removed.push(name.clone());
+        while let Some((name, _)) = held.next_if(|(n, _)| *n < r.name.as_str()) {
+            d.removed.push(name.to_owned());
         }
-        match held.next_if(|(n, _)| n.as_str() == r.name.as_str()) {
-            Some((_, SentResource::Sent(old)))
-                if Arc::ptr_eq(old, r) || old.version == r.version => {}
-            Some((_, SentResource::Claimed { version })) if *version == r.version => {}
+        match held.next_if(|(n, _)| *n == r.name.as_str()) {
+            Some((_, version)) if version == r.version => {}
             _ => d.changed.push(r.clone()),
         }
     }
-    d.removed.extend(held.map(|(n, _)| n.clone()));
+    d.removed.extend(held.map(|(n, _)| n.to_owned()));
     d
 }
 
@@ -503,6 +507,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::xds::SentResource;
 
     fn res(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
         Arc::new(XdsResource::from_bytes(
@@ -515,7 +520,8 @@ mod tests {
     #[test]
     fn diff_finds_added_changed_and_removed_in_one_pass() {
         let (a, b, c) = (res("a", b"1"), res("b", b"1"), res("c", b"1"));
-        let sent: BTreeMap<String, SentResource> = [
+        let mut sent = Held::default();
+        sent.make_map().extend([
             ("a".to_owned(), SentResource::Sent(a.clone())),
             (
                 "b".to_owned(),
@@ -525,8 +531,7 @@ mod tests {
             ),
             ("gone".to_owned(), SentResource::Sent(res("gone", b"1"))),
             ("0".to_owned(), SentResource::Sent(res("0", b"1"))),
-        ]
-        .into();
+        ]);
         let d = diff(&sent, &[a.clone(), b.clone(), c.clone()]);
         let changed: Vec<&str> = d.changed.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(changed, ["b", "c"]);
@@ -534,6 +539,6 @@ mod tests {
         // Same content, other allocation: no change.
         let d = diff(&sent, &[res("a", b"1")]);
         assert!(d.changed.is_empty());
-        assert!(diff(&BTreeMap::new(), &[]).is_empty());
+        assert!(diff(&Held::default(), &[]).is_empty());
     }
 }

@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tonic::Status;
 
 use super::connection::{ConnState, Diff, Flavor, contains, control_plane, diff};
-use super::registry::{Protocol, SentResource};
+use super::registry::{Held, Protocol, SentResource};
 use super::{PushContext, type_url};
 
 /// The delta flavour.
@@ -52,7 +52,7 @@ impl Flavor for Delta {
         );
 
         if is_new && !req.initial_resource_versions.is_empty() {
-            let sent = Arc::make_mut(&mut ts.status.sent);
+            let sent = ts.status.sent.make_map();
             for (name, version) in req.initial_resource_versions {
                 sent.insert(name, SentResource::Claimed { version });
             }
@@ -86,9 +86,9 @@ impl Flavor for Delta {
             ts.subscription_changed();
         }
         let names = &ts.status.names;
-        if !wildcard && ts.status.sent.keys().any(|n| !names.contains(n)) {
+        if !wildcard {
             // The client drops what it no longer subscribes to.
-            Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
+            ts.status.sent.retain(|n| names.contains(n));
         }
         ts.status.wildcard = wildcard;
         if is_new || !ts.newly_subscribed.is_empty() || (wildcard && !was_wildcard) {
@@ -114,14 +114,17 @@ impl Flavor for Delta {
         let Diff {
             changed,
             mut removed,
-        } = diff(&ts.status.sent, &chosen);
+        } = diff(&ts.status.sent, chosen.as_slice());
         removed.extend(
             ts.newly_subscribed
                 .iter()
-                .filter(|n| !contains(&chosen, n) && !ts.status.sent.contains_key(*n))
+                .filter(|n| !contains(chosen.as_slice(), n) && !ts.status.sent.contains_key(n))
                 .cloned(),
         );
         ts.newly_subscribed.clear();
+        // After this response (or with none owed) the client holds exactly what was chosen; sharing the
+        // generation's set instead of a map per connection is most of what keeps many proxies cheap.
+        ts.status.sent = Held::exactly(chosen);
         if !ts.must_respond && changed.is_empty() && removed.is_empty() {
             return None;
         }
@@ -150,13 +153,6 @@ impl Flavor for Delta {
             .chain(removed.iter().cloned())
             .collect();
         ts.record_sent(nonce, version, names, push);
-        let sent = Arc::make_mut(&mut ts.status.sent);
-        for r in changed {
-            sent.insert(r.name.clone(), SentResource::Sent(r));
-        }
-        for n in &removed {
-            sent.remove(n);
-        }
         shared.metrics.count_push(type_url);
         Some(resp)
     }

@@ -90,10 +90,8 @@ impl AdsGrpc {
         // The task ends with the stream (client gone, drain, or server dropped); the registry tracks it.
         let task = connection::run::<F>(self.shared.clone(), metadata, inbound, tx);
         tokio::spawn(task.instrument(info_span!("ads_stream")));
-        let mut resp = http::Response::new(Body::new(ResponseBody::<F::Response> {
-            rx,
-            done: false,
-        }));
+        let mut resp =
+            http::Response::new(Body::new(ResponseBody::<F::Response> { rx, done: false }));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -267,7 +265,11 @@ mod tests {
         let mut wire = encode(&req("one")).to_vec();
         wire.extend_from_slice(&encode(&req("two")));
         // Three chunks cutting through the first message's prefix and the second message's body.
-        let chunks = vec![wire[..3].to_vec(), wire[3..4000].to_vec(), wire[4000..].to_vec()];
+        let chunks = vec![
+            wire[..3].to_vec(),
+            wire[3..4000].to_vec(),
+            wire[4000..].to_vec(),
+        ];
         let mut s = RequestStream::<DiscoveryRequest>::new(body_of(chunks), 1 << 20);
         assert_eq!(s.message().await.unwrap().unwrap(), req("one"));
         assert_eq!(s.message().await.unwrap().unwrap(), req("two"));
@@ -279,14 +281,20 @@ mod tests {
     async fn oversized_truncated_and_compressed_requests_are_errors() {
         let wire = encode(&req("one")).to_vec();
         let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![wire.clone()]), 100);
-        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            s.message().await.unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
         let cut = wire[..wire.len() - 1].to_vec();
         let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![cut]), 1 << 20);
         assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
         let mut zipped = wire;
         zipped[0] = 1;
         let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![zipped]), 1 << 20);
-        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            s.message().await.unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
     }
 
     #[test]
@@ -294,7 +302,10 @@ mod tests {
         let msg = req("x");
         let wire = encode(&msg);
         assert_eq!(wire[0], 0);
-        assert_eq!(u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize, wire.len() - 5);
+        assert_eq!(
+            u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize,
+            wire.len() - 5
+        );
         assert_eq!(DiscoveryRequest::decode(&wire[5..]).unwrap(), msg);
         assert_eq!(trailers(&Status::ok(""))["grpc-status"], "0");
         assert_eq!(trailers(&Status::unavailable("x"))["grpc-status"], "14");

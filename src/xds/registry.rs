@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use super::{Proxy, XdsResource};
+use super::{Proxy, ResourceSet, XdsResource};
 
 /// Which ADS flavour a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,147 @@ impl SentResource {
     }
 }
 
+/// What a client holds of one type, by name.
+///
+/// Usually exactly the resources of its last response's selection, which for most proxies is a generation's
+/// whole [`ResourceSet`], shared with every proxy of the same view: the common case costs one `Arc` per
+/// connection instead of a map entry per resource. Versions claimed on reconnect, and partial states, use a map.
+#[derive(Clone, Debug, Default)]
+pub struct Held(HeldRepr);
+
+#[derive(Clone, Debug)]
+enum HeldRepr {
+    /// A generation's whole set.
+    Set(ResourceSet),
+    /// A name-sorted selection.
+    List(Arc<[Arc<XdsResource>]>),
+    /// The general case.
+    Map(Arc<BTreeMap<String, SentResource>>),
+}
+
+impl Default for HeldRepr {
+    fn default() -> Self {
+        HeldRepr::List(Arc::new([]))
+    }
+}
+
+impl Held {
+    /// Holding exactly `chosen`.
+    pub(crate) fn exactly(chosen: Chosen) -> Held {
+        Held(match chosen {
+            Chosen::All(set) => HeldRepr::Set(set),
+            Chosen::Some(list) => HeldRepr::List(list.into()),
+        })
+    }
+
+    /// Number of resources held.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            HeldRepr::Set(s) => s.len(),
+            HeldRepr::List(l) => l.len(),
+            HeldRepr::Map(m) => m.len(),
+        }
+    }
+
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What is held under `name`.
+    pub fn get(&self, name: &str) -> Option<SentResource> {
+        match &self.0 {
+            HeldRepr::Set(s) => s.get(name).cloned().map(SentResource::Sent),
+            HeldRepr::List(l) => find(l, name).cloned().map(SentResource::Sent),
+            HeldRepr::Map(m) => m.get(name).cloned(),
+        }
+    }
+
+    /// Whether something is held under `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        match &self.0 {
+            HeldRepr::Set(s) => s.get(name).is_some(),
+            HeldRepr::List(l) => find(l, name).is_some(),
+            HeldRepr::Map(m) => m.contains_key(name),
+        }
+    }
+
+    /// Every held entry, by name.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, SentResource)> + '_> {
+        fn sent(r: &Arc<XdsResource>) -> (&str, SentResource) {
+            (r.name.as_str(), SentResource::Sent(r.clone()))
+        }
+        match &self.0 {
+            HeldRepr::Set(s) => Box::new(s.items().iter().map(sent)),
+            HeldRepr::List(l) => Box::new(l.iter().map(sent)),
+            HeldRepr::Map(m) => Box::new(m.iter().map(|(n, r)| (n.as_str(), r.clone()))),
+        }
+    }
+
+    /// Every held name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        match &self.0 {
+            HeldRepr::Set(s) => s.items().iter().map(|r| r.name.as_str()).collect(),
+            HeldRepr::List(l) => l.iter().map(|r| r.name.as_str()).collect(),
+            HeldRepr::Map(m) => m.keys().map(String::as_str).collect(),
+        }
+    }
+
+    /// Name and version of every entry, sorted by name, without cloning anything.
+    pub(crate) fn versions(&self) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
+        fn pair(r: &Arc<XdsResource>) -> (&str, &str) {
+            (r.name.as_str(), r.version.as_str())
+        }
+        match &self.0 {
+            HeldRepr::Set(s) => Box::new(s.items().iter().map(pair)),
+            HeldRepr::List(l) => Box::new(l.iter().map(pair)),
+            HeldRepr::Map(m) => Box::new(m.iter().map(|(n, r)| (n.as_str(), r.version()))),
+        }
+    }
+
+    /// The general form, to edit entry by entry.
+    pub(crate) fn make_map(&mut self) -> &mut BTreeMap<String, SentResource> {
+        if !matches!(self.0, HeldRepr::Map(_)) {
+            let map = self.iter().map(|(n, r)| (n.to_owned(), r)).collect();
+            self.0 = HeldRepr::Map(Arc::new(map));
+        }
+        match &mut self.0 {
+            HeldRepr::Map(m) => Arc::make_mut(m),
+            _ => unreachable!("converted above"),
+        }
+    }
+
+    /// Keeps only the names `keep` accepts.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        if self.versions().all(|(n, _)| keep(n)) {
+            return;
+        }
+        self.make_map().retain(|n, _| keep(n));
+    }
+}
+
+fn find<'a>(list: &'a [Arc<XdsResource>], name: &str) -> Option<&'a Arc<XdsResource>> {
+    list.binary_search_by(|r| r.name.as_str().cmp(name))
+        .ok()
+        .map(|i| &list[i])
+}
+
+/// The resources of a set one subscription asks for, name-sorted: the whole set (shared) or a selection.
+#[derive(Clone, Debug)]
+pub(crate) enum Chosen {
+    All(ResourceSet),
+    Some(Vec<Arc<XdsResource>>),
+}
+
+impl Chosen {
+    pub fn as_slice(&self) -> &[Arc<XdsResource>] {
+        match self {
+            Chosen::All(s) => s.items(),
+            Chosen::Some(v) => v,
+        }
+    }
+}
+
 /// A rejected response, as reported by Envoy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nack {
@@ -68,7 +209,7 @@ pub struct TypeStatus {
     /// Explicitly subscribed names (not including `*`).
     pub names: Arc<BTreeSet<String>>,
     /// What the client holds, as far as the server knows (the union of what was sent and not removed).
-    pub sent: Arc<BTreeMap<String, SentResource>>,
+    pub sent: Held,
     /// Nonce of the last response.
     pub nonce_sent: Option<String>,
     /// Version of the last response.

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 
 use super::connection::{ConnState, Flavor, NonceCheck, control_plane, diff};
-use super::registry::{Protocol, SentResource};
+use super::registry::{Held, Protocol};
 use super::{PushContext, type_url};
 
 /// The SotW flavour.
@@ -69,7 +69,7 @@ impl Flavor for Sotw {
         if wildcard != ts.status.wildcard || *ts.status.names != names {
             if !wildcard {
                 // Names dropped from the list are forgotten by the client.
-                Arc::make_mut(&mut ts.status.sent).retain(|n, _| names.contains(n));
+                ts.status.sent.retain(|n| names.contains(n));
             }
             ts.status.wildcard = wildcard;
             ts.status.names = Arc::new(names);
@@ -96,14 +96,16 @@ impl Flavor for Sotw {
         } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
-        if !ts.must_respond && diff(&ts.status.sent, &chosen).is_empty() {
+        if !ts.must_respond && diff(&ts.status.sent, chosen.as_slice()).is_empty() {
+            // Same content: hold the new (shareable) selection instead.
+            ts.status.sent = Held::exactly(chosen);
             return None;
         }
         let nonce = shared.next_nonce();
         let version = ctx.version.to_string();
         let resp = DiscoveryResponse {
             version_info: version.clone(),
-            resources: chosen.iter().map(|r| r.to_any()).collect(),
+            resources: chosen.as_slice().iter().map(|r| r.to_any()).collect(),
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
             control_plane: control_plane(),
@@ -112,15 +114,18 @@ impl Flavor for Sotw {
         ts.record_sent(
             nonce,
             version,
-            chosen.iter().map(|r| r.name.clone()).collect(),
+            chosen.as_slice().iter().map(|r| r.name.clone()).collect(),
             push,
         );
-        ts.status.sent = Arc::new(
-            chosen
-                .into_iter()
-                .map(|r| (r.name.clone(), SentResource::Sent(r)))
-                .collect(),
-        );
+        ts.status.sent = Held::exactly(chosen);
+        // Envoy keeps a changed EDS cluster warming until it receives its endpoints again, and asks for nothing
+        // new (the names did not change): after clusters, endpoints are owed even when unchanged (as istiod's
+        // full push sends them). CDS is built before EDS within a push.
+        if type_url == type_url::CLUSTER
+            && let Some(eds) = types.get_mut(type_url::ENDPOINT)
+        {
+            eds.must_respond = true;
+        }
         shared.metrics.count_push(type_url);
         Some(resp)
     }
