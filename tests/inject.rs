@@ -436,3 +436,51 @@ async fn webhook_serves_https_with_a_cert_chaining_to_the_ca() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn mesh_default_config_and_pod_annotation_reach_the_webhook_injection() {
+    let store = Arc::new(Store::new());
+    let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+    cm.metadata.name = Some("istio".into());
+    cm.metadata.namespace = Some("istio-system".into());
+    cm.data = Some(
+        [(
+            "mesh".to_string(),
+            "defaultConfig:\n  holdApplicationUntilProxyStarts: true\n  concurrency: 3\n"
+                .to_string(),
+        )]
+        .into(),
+    );
+    store.apply([
+        namespace("on", &[("istio-injection", "enabled")]),
+        Change::Upsert(Object::ConfigMap(Arc::new(cm))),
+    ]);
+    let hook = Webhook::start(store).await;
+    let pod = |annotations: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "p", "annotations": annotations},
+               "spec": {"containers": [{"name": "app", "image": "nginx"}]}})
+    };
+    let injected = |p: &Value, answer: &Value| {
+        let patch: Vec<Value> =
+            serde_json::from_slice(&unbase64(answer["response"]["patch"].as_str().unwrap()))
+                .unwrap();
+        let mut doc = p.clone();
+        apply_patch(&mut doc, &patch);
+        doc
+    };
+    // The mesh holds apps until the proxy is ready: Envoy is a native sidecar with the mesh's concurrency.
+    let plain = pod(json!({}));
+    let out = injected(&plain, &hook.post("/inject", &review(&plain, "on")).await);
+    let proxy = &out["spec"]["initContainers"][1];
+    assert_eq!(proxy["name"], "istio-proxy", "{out}");
+    assert_eq!(proxy["restartPolicy"], "Always");
+    let args = proxy["args"].as_array().unwrap();
+    let at = args.iter().position(|a| a == "--concurrency").unwrap();
+    assert_eq!(args[at + 1], "3");
+    // The pod's annotation overrides the mesh.
+    let opted = pod(json!({"proxy.istio.io/config": "holdApplicationUntilProxyStarts: false"}));
+    let out = injected(&opted, &hook.post("/inject", &review(&opted, "on")).await);
+    assert_eq!(out["spec"]["containers"][1]["name"], "istio-proxy", "{out}");
+    assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 1);
+}

@@ -45,7 +45,23 @@ async fn inject_handler(
         let obj = store.get(&ObjectKey::new(Kind::Namespace, "", ns))?;
         Some(obj.meta().labels.clone().unwrap_or_default())
     };
-    Json(review_inject(&review, &state.template, &labels))
+    let template = match state.store.as_ref().and_then(|s| mesh_config(s)) {
+        Some(mesh) => state.template.clone().with_mesh(&mesh),
+        None => state.template.clone(),
+    };
+    Json(review_inject(&review, &template, &labels))
+}
+
+/// The mesh config (`istio` ConfigMap in the root namespace) in the store, when present and valid: its
+/// `defaultConfig` is what `proxy.istio.io/config` annotations override.
+fn mesh_config(store: &Store) -> Option<crate::config::mesh::MeshConfig> {
+    let (ns, name) = crate::model::snapshot::MESH_CONFIGMAP;
+    match store.get(&ObjectKey::new(Kind::ConfigMap, ns, name))? {
+        crate::config::Object::ConfigMap(cm) => {
+            crate::config::mesh::MeshConfig::from_configmap(&cm).ok()
+        }
+        _ => None,
+    }
 }
 
 async fn validate_handler(Json(review): Json<Value>) -> Json<Value> {
