@@ -1,7 +1,7 @@
-//! Sidecar injection support: the traffic-capture rules an init container installs (`rudder iptables`).
-//!
-//! The webhook and injection template land here later; they reuse the same rules and the bootstrap renderer in
-//! `envoy::bootstrap`.
+//! Sidecar injection: `pod` injects a stock Envoy sidecar and the `istio-init` capture container into a pod
+//! (a pure function, shared by the webhook and `rudder kube-inject`), `proxy_config` reads the
+//! `proxy.istio.io/config` annotation over the mesh's `defaultConfig`, `iptables` holds the capture rules the init
+//! container installs (`rudder iptables`), and `webhook` serves `/inject` and `/validate` over HTTPS.
 
 pub mod iptables;
 pub mod pod;

@@ -211,18 +211,18 @@ trait WebhookConfiguration:
     + serde::de::DeserializeOwned
     + serde::Serialize
 {
-    /// `(webhook name, caBundle)` per webhook.
-    fn bundles(&mut self) -> Vec<(String, &mut Option<ByteString>)>;
+    /// The `caBundle` of every webhook.
+    fn bundles(&mut self) -> Vec<&mut Option<ByteString>>;
     /// The `webhooks` list as JSON.
     fn webhooks_json(&self) -> serde_json::Value;
 }
 
 impl WebhookConfiguration for MutatingWebhookConfiguration {
-    fn bundles(&mut self) -> Vec<(String, &mut Option<ByteString>)> {
+    fn bundles(&mut self) -> Vec<&mut Option<ByteString>> {
         self.webhooks
             .iter_mut()
             .flatten()
-            .map(|w| (w.name.clone(), &mut w.client_config.ca_bundle))
+            .map(|w| &mut w.client_config.ca_bundle)
             .collect()
     }
     fn webhooks_json(&self) -> serde_json::Value {
@@ -231,11 +231,11 @@ impl WebhookConfiguration for MutatingWebhookConfiguration {
 }
 
 impl WebhookConfiguration for ValidatingWebhookConfiguration {
-    fn bundles(&mut self) -> Vec<(String, &mut Option<ByteString>)> {
+    fn bundles(&mut self) -> Vec<&mut Option<ByteString>> {
         self.webhooks
             .iter_mut()
             .flatten()
-            .map(|w| (w.name.clone(), &mut w.client_config.ca_bundle))
+            .map(|w| &mut w.client_config.ca_bundle)
             .collect()
     }
     fn webhooks_json(&self) -> serde_json::Value {
@@ -261,7 +261,7 @@ async fn patch_ca_bundle<W: WebhookConfiguration>(
     };
     let want = ByteString(root.as_bytes().to_vec());
     let mut changed = false;
-    for (_, bundle) in cfg.bundles() {
+    for bundle in cfg.bundles() {
         if bundle.as_ref() != Some(&want) {
             *bundle = Some(want.clone());
             changed = true;
