@@ -10,12 +10,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use rudder::security::bootstrap::{tls_ads_grpc_service, use_tls_ads};
+use rudder::security::testing::{TestIssuer, TokenSpec};
+use rudder::xds::Registry;
+use std::sync::Arc;
+
 use crate::cluster::{Cluster, PodNet, sh, wait_until};
 
 const RUDDER: &str = env!("CARGO_BIN_EXE_rudder");
 const MESH_APP: &str = env!("CARGO_BIN_EXE_mesh-app");
 /// The namespace the gateway runs in.
 pub const GATEWAY_NS: &str = "istio-system";
+/// Workload certificate lifetime: short, so every run sees renewals (at half-life, 30 s) under traffic.
+pub const WORKLOAD_TTL: Duration = Duration::from_secs(60);
+/// The name on rudder's serving certificate the proxies check (istiod's Service), as the pods dial an IP.
+const XDS_SERVING_NAME: &str = "istiod.istio-system.svc";
+/// UID/GID of the proxy (Envoy runs as it; its token must be readable by it).
+const PROXY_UID: u32 = 1337;
 
 /// A started pod.
 #[derive(Debug, Clone)]
@@ -68,6 +79,26 @@ pub struct Mesh {
     book: PathBuf,
     /// `/etc/hosts` lines for names outside the cluster (the internet's DNS).
     external_hosts: String,
+    /// The cluster's service-account token issuer (rudder trusts its JWKS); `None` when identity is off.
+    tokens: Option<TestIssuer>,
+    /// rudder's root certificate as pods mount it (the `istio-ca-root-cert` ConfigMap).
+    root_cert: PathBuf,
+    /// The mesh config the `istio` ConfigMap carries.
+    mesh_config: MeshSettings,
+}
+
+/// The parts of MeshConfig scenarios change.
+#[derive(Debug, Clone)]
+struct MeshSettings {
+    outbound_policy: String,
+    auto_mtls: bool,
+}
+
+/// Whether the run uses identity: TLS ADS with service-account tokens, SDS certificates (and so mTLS between
+/// sidecars). `RUDDER_CONFORMANCE_IDENTITY=off` runs everything over plaintext ADS instead, for comparison: the
+/// mTLS scenarios must then fail.
+pub fn identity_enabled() -> bool {
+    std::env::var("RUDDER_CONFORMANCE_IDENTITY").as_deref() != Ok("off")
 }
 
 /// The book's manifests (`../shared/book/manifests` next to the repository).
@@ -116,21 +147,50 @@ impl Mesh {
             xds_port: 0,
             book,
             external_hosts: String::new(),
+            tokens: identity_enabled().then(TestIssuer::default),
+            root_cert: PathBuf::new(),
+            mesh_config: MeshSettings {
+                outbound_policy: "ALLOW_ANY".into(),
+                auto_mtls: true,
+            },
         };
         mesh.write_object(
             &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAY_NS}}),
         )?;
-        mesh.set_outbound_policy("ALLOW_ANY")?;
+        mesh.write_mesh_config()?;
+        let identity = match &mesh.tokens {
+            Some(tokens) => {
+                // rudder checks the proxies' tokens against the cluster's JWKS, as istiod against the
+                // apiserver's; the CA is self-signed and kept in the run directory.
+                let jwks = mesh.cluster.dir.join("jwks.json");
+                std::fs::write(&jwks, tokens.jwks().to_string()).map_err(|e| e.to_string())?;
+                let mut id = rudder::security::Config::new(mesh.cluster.dir.join("ca"), jwks);
+                id.tls_addr = SocketAddr::from(([0, 0, 0, 0], 0));
+                id.workload_ttl = WORKLOAD_TTL;
+                Some(id)
+            }
+            None => None,
+        };
         let cfg = rudder::app::Config {
             config_dir: Some(mesh.config_dir.clone()),
             xds_addr: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            identity,
             ..Default::default()
         };
         let bound = mesh
             .rt
             .block_on(rudder::app::build(cfg))
             .map_err(|e| format!("rudder: {e:#}"))?;
-        mesh.xds_port = bound.xds_addr.map(|a| a.port()).unwrap_or_default();
+        // With identity the proxies dial the TLS server only (istiod's 15012); the plaintext one stays unused.
+        mesh.xds_port = bound
+            .xds_tls_addr
+            .or(bound.xds_addr)
+            .map(|a| a.port())
+            .unwrap_or_default();
+        if let Some(issuer) = &bound.secret_issuer {
+            mesh.root_cert = mesh.cluster.dir.join("root-cert.pem");
+            std::fs::write(&mesh.root_cert, issuer.ca().root_pem()).map_err(|e| e.to_string())?;
+        }
         mesh.bound = Some(bound);
         mesh.start_gateway()?;
         mesh.start_external()?;
@@ -170,12 +230,28 @@ impl Mesh {
     }
 
     /// Sets the mesh's `outboundTrafficPolicy.mode` (ConfigMap `istio-system/istio`, as CL 33 edits it).
-    pub fn set_outbound_policy(&self, mode: &str) -> Result<(), String> {
+    pub fn set_outbound_policy(&mut self, mode: &str) -> Result<(), String> {
+        self.mesh_config.outbound_policy = mode.to_string();
+        self.write_mesh_config()
+    }
+
+    /// Sets the mesh's `enableAutoMtls` (same ConfigMap).
+    pub fn set_auto_mtls(&mut self, on: bool) -> Result<(), String> {
+        self.mesh_config.auto_mtls = on;
+        self.write_mesh_config()
+    }
+
+    /// Writes the `istio` ConfigMap from `self.mesh_config`; once rudder runs, waits for the push.
+    fn write_mesh_config(&self) -> Result<(), String> {
         let before = self.snapshot_version();
+        let m = &self.mesh_config;
         let changed = self.write_object(&json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "istio", "namespace": GATEWAY_NS},
-            "data": {"mesh": format!("outboundTrafficPolicy:\n  mode: {mode}\n")}
+            "data": {"mesh": format!(
+                "enableAutoMtls: {}\noutboundTrafficPolicy:\n  mode: {}\n",
+                m.auto_mtls, m.outbound_policy
+            )}
         }))?;
         if changed && self.bound.is_some() {
             self.converge(before)?;
@@ -511,9 +587,18 @@ impl Mesh {
             .unwrap_or_default();
         let container = &spec["containers"][0];
         let image = container["image"].as_str().unwrap_or("echo").to_string();
-        let port = container["ports"][0]["containerPort"]
-            .as_u64()
-            .unwrap_or(8080);
+        // The app listens on every container port (`echo` answers on each; the others declare one).
+        let ports: Vec<String> = container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["containerPort"].as_u64().map(|n| n.to_string()))
+            .collect();
+        let port = if ports.is_empty() {
+            "8080".to_string()
+        } else {
+            ports.join(",")
+        };
         let sa = spec["serviceAccountName"]
             .as_str()
             .unwrap_or("default")
@@ -575,7 +660,7 @@ impl Mesh {
             "--image".into(),
             image.clone(),
             "--port".into(),
-            port.to_string(),
+            port,
             "--ready-file".into(),
             ready.display().to_string(),
         ];
@@ -745,6 +830,9 @@ impl Mesh {
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         sh(&argv)?;
+        if self.tokens.is_some() {
+            self.secure_bootstrap(pod, sa, &file)?;
+        }
         let cmd = vec![
             self.envoy.display().to_string(),
             "-c".into(),
@@ -780,6 +868,45 @@ impl Mesh {
         }
     }
 
+    /// Plays kubelet for the pod's identity: projects a service-account token for `sa` (audience `istio-ca`) into
+    /// the pod's directory, readable by the proxy's UID, and points the rendered bootstrap's ADS at rudder's TLS
+    /// server with that token as call credentials and rudder's root as the trust anchor (the same entry the
+    /// injector's bootstrap uses, `security::bootstrap`).
+    fn secure_bootstrap(&self, pod: &Pod, sa: &str, file: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let tokens = self.tokens.as_ref().ok_or("identity is off")?;
+        let dir = self
+            .cluster
+            .dir
+            .join("pods")
+            .join(format!("{}.{}", pod.name, pod.namespace));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let token = dir.join("istio-token");
+        // The kubelet writes no trailing newline (Envoy would put it into the header).
+        std::fs::write(&token, tokens.token(&TokenSpec::new(&pod.namespace, sa)))
+            .map_err(|e| format!("{}: {e}", token.display()))?;
+        std::os::unix::fs::chown(&token, Some(PROXY_UID), Some(PROXY_UID))
+            .map_err(|e| format!("chown {}: {e}", token.display()))?;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400))
+            .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&self.root_cert, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+        let mut bootstrap: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        use_tls_ads(
+            &mut bootstrap,
+            tls_ads_grpc_service(
+                &self.xds_address(),
+                &self.root_cert,
+                &token,
+                Some(XDS_SERVING_NAME),
+            ),
+        );
+        let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
+        std::fs::write(file, text).map_err(|e| e.to_string())
+    }
+
     fn snapshot_version(&self) -> u64 {
         self.bound
             .as_ref()
@@ -807,10 +934,15 @@ impl Mesh {
                 "rudder built no new snapshot after the change (still {before})"
             ));
         };
-        let registry = bound.xds_registry.clone().ok_or("no xDS server")?;
-        let res = self
-            .rt
-            .block_on(registry.wait_for(Duration::from_secs(20), |conns| {
+        let registries = self.registries();
+        if registries.is_empty() {
+            return Err("no xDS server".into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut res = Ok(Vec::new());
+        for registry in registries {
+            let left = deadline.saturating_duration_since(Instant::now());
+            res = self.rt.block_on(registry.wait_for(left, |conns| {
                 conns.iter().all(|c| {
                     c.generation.is_some_and(|g| g >= version)
                         && c.types
@@ -818,6 +950,10 @@ impl Mesh {
                             .all(|t| t.is_acked() || t.nonce_sent.is_none())
                 })
             }));
+            if res.is_err() {
+                break;
+            }
+        }
         self.nacks()?;
         match res {
             Ok(_) => Ok(()),
@@ -831,8 +967,45 @@ impl Mesh {
                                 .values()
                                 .all(|t| t.is_acked() || t.nonce_sent.is_none())
                     })
-                    .map(|c| format!("{} gen {:?}", c.proxy.id.pod_key(), c.generation))
+                    .map(|c| {
+                        let unacked: Vec<String> = c
+                            .types
+                            .iter()
+                            .filter(|(_, t)| !(t.is_acked() || t.nonce_sent.is_none()))
+                            .map(|(u, t)| {
+                                format!(
+                                    "{} sent {:?} acked {:?}",
+                                    u.rsplit('.').next().unwrap_or(u),
+                                    t.nonce_sent,
+                                    t.acked_nonce
+                                )
+                            })
+                            .collect();
+                        format!(
+                            "{} gen {:?} unacked {unacked:?}",
+                            c.proxy.id.pod_key(),
+                            c.generation
+                        )
+                    })
                     .collect();
+                // For diagnosis: what the lagging proxies hold (warming clusters, secrets) in the run directory.
+                for c in &conns {
+                    let key = c.proxy.id.pod_key();
+                    if let Some(p) = self
+                        .pods
+                        .iter()
+                        .chain(self.gateway.iter())
+                        .find(|p| format!("{}.{}", p.name, p.namespace) == key)
+                    {
+                        let dump = self.envoy_admin(p, "/config_dump");
+                        let _ = std::fs::write(
+                            self.cluster
+                                .dir
+                                .join(format!("{key}-config_dump-{version}.json")),
+                            dump,
+                        );
+                    }
+                }
                 // Not fatal: a proxy the change does not concern may not be pushed; the scenario's own checks decide.
                 eprintln!("conformance: proxies not at snapshot {version} after 20s: {lagging:?}");
                 Ok(())
@@ -842,11 +1015,8 @@ impl Mesh {
 
     /// Every NACK any proxy has outstanding, as an error.
     pub fn nacks(&self) -> Result<(), String> {
-        let Some(reg) = self.bound.as_ref().and_then(|b| b.xds_registry.clone()) else {
-            return Ok(());
-        };
-        let nacks: Vec<String> = reg
-            .connections()
+        let conns = self.connections();
+        let nacks: Vec<String> = conns
             .iter()
             .flat_map(|c| {
                 c.types.iter().filter_map(move |(t, s)| {
@@ -863,11 +1033,19 @@ impl Mesh {
         }
     }
 
-    /// Pods connected to rudder (`pod.ns` keys).
+    /// Pods connected to rudder (`pod.ns` keys), over either server.
     pub fn connected(&self) -> Vec<String> {
+        self.connections()
+            .iter()
+            .map(|c| c.proxy.id.pod_key())
+            .collect()
+    }
+
+    /// Pods connected to rudder's TLS server, i.e. authenticated by their token (`pod.ns` keys).
+    pub fn connected_tls(&self) -> Vec<String> {
         self.bound
             .as_ref()
-            .and_then(|b| b.xds_registry.clone())
+            .and_then(|b| b.xds_tls_registry.clone())
             .map(|r| {
                 r.connections()
                     .iter()
@@ -875,6 +1053,23 @@ impl Mesh {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// rudder's xDS servers' connection registries: plaintext, and TLS when identity is on.
+    fn registries(&self) -> Vec<Arc<Registry>> {
+        self.bound
+            .iter()
+            .flat_map(|b| [b.xds_registry.clone(), b.xds_tls_registry.clone()])
+            .flatten()
+            .collect()
+    }
+
+    /// Every live ADS stream of both servers.
+    fn connections(&self) -> Vec<rudder::xds::ConnectionStatus> {
+        self.registries()
+            .iter()
+            .flat_map(|r| r.connections())
+            .collect()
     }
 
     /// A request to the ingress gateway (the book's `http://localhost`) with `Host: host`.
@@ -980,20 +1175,85 @@ impl Mesh {
 
     /// GET `path` from the Envoy admin API of `pod` (127.0.0.1:15000 inside its namespace), for diagnostics.
     pub fn envoy_admin(&self, pod: &Pod, path: &str) -> String {
-        let script = "exec 3<>/dev/tcp/127.0.0.1/15000 && printf 'GET %s HTTP/1.0\\r\\n\\r\\n' \"$0\" >&3 && cat <&3";
+        // curl as root: loopback traffic is not captured. (Envoy's admin refuses HTTP/1.0.)
+        let url = format!("http://127.0.0.1:15000{path}");
         sh(&[
             "ip",
             "netns",
             "exec",
             &pod.net.netns,
-            "timeout",
+            "curl",
+            "-sS",
+            "--max-time",
             "5",
-            "bash",
-            "-c",
-            script,
-            path,
+            &url,
         ])
         .unwrap_or_else(|e| e)
+    }
+
+    /// Serial numbers of the certificates `pod`'s Envoy uses in TLS contexts (admin `/certs`), sorted.
+    pub fn cert_serials(&self, pod: &Pod) -> Vec<String> {
+        let certs: Value =
+            serde_json::from_str(&self.envoy_admin(pod, "/certs")).unwrap_or_default();
+        let mut serials: Vec<String> = certs["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
+            .collect();
+        serials.sort();
+        serials.dedup();
+        serials
+    }
+
+    /// An HTTP request from inside `pod` (`curl` in its network namespace, as root: a sidecar pod's request is
+    /// captured by its Envoy like the app's). `Err` when no HTTP response came (refused, reset, timeout).
+    pub fn pod_request(
+        &self,
+        pod: &Pod,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        let mut args: Vec<String> = [
+            "ip",
+            "netns",
+            "exec",
+            &pod.net.netns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (k, v) in headers {
+            args.push("-H".into());
+            args.push(format!("{k}: {v}"));
+        }
+        args.push(url.into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let start = Instant::now();
+        let out = sh(&argv)?;
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+        let status: u16 = code
+            .trim()
+            .parse()
+            .map_err(|_| format!("curl printed {out:?}"))?;
+        if status == 0 {
+            return Err(format!("no response from {url}"));
+        }
+        Ok(Reply {
+            status,
+            body: body.to_string(),
+            headers: Default::default(),
+            elapsed: start.elapsed(),
+        })
     }
 
     /// Pods of a deployment.

@@ -2,7 +2,7 @@
 //! A scenario returns what it observed: `Ok` when the expectation held, `Err` otherwise.
 
 use crate::cluster::wait_until;
-use crate::mesh::{Mesh, Reply};
+use crate::mesh::{GATEWAY_NS, Mesh, Pod, Reply};
 use std::time::Duration;
 
 const NS: &str = "micro-shake-factory";
@@ -28,6 +28,17 @@ pub const ALL: &[Scenario] = &[
     ("S12 resilience", s12),
     ("S4 pod without sidecar via kube-proxy", s4),
     ("S22 delete the namespace", s22),
+    (
+        "S15 MeshPolicy STRICT and ISTIO_MUTUAL DestinationRule",
+        s15,
+    ),
+    (
+        "mTLS PERMISSIVE accepts plaintext and mTLS",
+        mtls_permissive,
+    ),
+    ("mTLS STRICT with auto-mTLS", mtls_strict),
+    ("mTLS DISABLE on a port", mtls_port_disable),
+    ("mTLS certificate rotation under traffic", mtls_rotation),
 ];
 
 fn short(r: &Result<Reply, String>) -> String {
@@ -74,6 +85,20 @@ fn s1(mesh: &mut Mesh) -> Result<String, String> {
             "gateway not connected to rudder (connected: {connected:?})"
         ));
     }
+    // With identity the gateway authenticated with its token on the TLS server and holds an SDS certificate.
+    let mut identity = String::from("plaintext ADS (identity off)");
+    if crate::mesh::identity_enabled() {
+        let tls = mesh.connected_tls();
+        if !tls
+            .iter()
+            .any(|p| p == "istio-ingressgateway-0.istio-system")
+        {
+            return Err(format!(
+                "gateway not on the TLS xDS server (TLS connections: {tls:?})"
+            ));
+        }
+        identity = "TLS ADS, token-authenticated".into();
+    }
     // Negative: with no Gateway config nothing routes yet.
     let r = mesh.gateway_request("GET", FRUITS, "/api/fruits/special", &[], None);
     if matches!(&r, Ok(r) if r.status == 200) {
@@ -83,7 +108,7 @@ fn s1(mesh: &mut Mesh) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "gateway ready and connected, no NACKs; unconfigured request → {}",
+        "gateway ready and connected ({identity}), no NACKs; unconfigured request → {}",
         short(&r)
     ))
 }
@@ -591,5 +616,353 @@ spec:
         "containers {containers:?}; blender via ClusterIP DNAT → {ok}"
     ));
     mesh.delete_namespace("legacy")?;
+    result
+}
+
+/// S15 (CL 98–102): a mesh-wide MeshPolicy requiring mTLS breaks the gateway's plaintext call (503), the
+/// book's `*.local` ISTIO_MUTUAL DestinationRule mends it. The book is Istio 1.3, which had no auto-mTLS: with
+/// it (today's default) the gateway would already speak mTLS and the 503 would never show, so this scenario
+/// runs with `enableAutoMtls: false` in the `istio` ConfigMap and restores it afterwards.
+fn s15(mesh: &mut Mesh) -> Result<String, String> {
+    if !crate::mesh::identity_enabled() {
+        return Err("needs identity (RUDDER_CONFORMANCE_IDENTITY=off)".into());
+    }
+    mesh.apply_book("chapter-7/fruits-api.yml")?;
+    mesh.apply_book("chapter-7/fruits-api-vs-gw.yml")?;
+    mesh.set_auto_mtls(false)?;
+    let result = (|| {
+        let mango = |r: &Reply| r.status == 200 && r.body == r#"{"ver":"1","fruit":"Mango"}"#;
+        let before = expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, mango)
+            .map_err(|e| format!("before the MeshPolicy: {e}"))?;
+        mesh.apply_book("chapter-7/default-mesh-policy.yml")?;
+        let refused = expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, |r| {
+            r.status == 503
+                && r.body
+                    .starts_with("upstream connect error or disconnect/reset before headers")
+        })
+        .map_err(|e| format!("with MeshPolicy STRICT expected 503, got {e}"))?;
+        mesh.apply_book("chapter-7/default-dr.yml")?;
+        let mended = expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, mango)
+            .map_err(|e| format!("with the ISTIO_MUTUAL DestinationRule: {e}"))?;
+        Ok(format!(
+            "{before}; + MeshPolicy → {}; + DR *.local ISTIO_MUTUAL → {mended}",
+            refused.chars().take(70).collect::<String>()
+        ))
+    })();
+    // Leave the mesh as later scenarios expect it: no mesh-wide policy or DR, auto-mTLS on.
+    mesh.delete("MeshPolicy", "_", "default")?;
+    mesh.delete("DestinationRule", GATEWAY_NS, "default-destination-rule")?;
+    mesh.set_auto_mtls(true)?;
+    mesh.delete_namespace(NS)?;
+    result
+}
+
+/// The mTLS scenarios' workloads: in the injected `mtls-demo`, an `echo` server (SA `echo`, ports 8080 and
+/// 8081 behind Service ports 80 and 81) and a `sleep` client with a sidecar (SA `sleep`); in `mtls-legacy`
+/// (not injected) a client without sidecar reaching the ClusterIP through kube-proxy DNAT.
+const MTLS_NS: &str = "mtls-demo";
+const MTLS_FIXTURES: &str = r#"apiVersion: v1
+kind: Namespace
+metadata: {name: mtls-demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: mtls-legacy}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-mtls, namespace: mtls-demo}
+spec:
+  selector: {matchLabels: {app: echo-mtls}}
+  replicas: 1
+  template:
+    metadata: {labels: {app: echo-mtls}}
+    spec:
+      serviceAccountName: echo
+      containers:
+      - name: echo
+        image: echo
+        ports: [{name: http-echo, containerPort: 8080}, {name: http-plain, containerPort: 8081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: mtls-demo}
+spec:
+  selector: {app: echo-mtls}
+  ports:
+  - {name: http-echo, port: 80, targetPort: 8080}
+  - {name: http-plain, port: 81, targetPort: 8081}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep-mtls, namespace: mtls-demo}
+spec:
+  selector: {matchLabels: {app: sleep-mtls}}
+  replicas: 1
+  template:
+    metadata: {labels: {app: sleep-mtls}}
+    spec:
+      serviceAccountName: sleep
+      containers:
+      - name: sleep
+        image: echo
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: legacy-client, namespace: mtls-legacy}
+spec:
+  selector: {matchLabels: {app: legacy-client}}
+  replicas: 1
+  template:
+    metadata: {labels: {app: legacy-client}}
+    spec:
+      containers:
+      - name: legacy
+        image: echo
+        ports: [{name: http, containerPort: 8080}]
+"#;
+/// The sleep client's SPIFFE id, as the server's sidecar forwards it in `x-forwarded-client-cert`.
+const SLEEP_SPIFFE: &str = "spiffe://cluster.local/ns/mtls-demo/sa/sleep";
+
+/// Applies the mTLS workloads (a no-op when they run) and a `PeerAuthentication` YAML (or none), then returns
+/// the sidecar client and the plaintext client.
+fn mtls_setup(mesh: &mut Mesh, policy: Option<&str>) -> Result<(Pod, Pod), String> {
+    if !crate::mesh::identity_enabled() {
+        return Err("needs identity (RUDDER_CONFORMANCE_IDENTITY=off)".into());
+    }
+    mesh.apply_yaml(MTLS_FIXTURES)?;
+    for name in ["mtls-default", "echo-ports"] {
+        mesh.delete("PeerAuthentication", MTLS_NS, name)?;
+    }
+    if let Some(p) = policy {
+        mesh.apply_yaml(p)?;
+    }
+    let one = |ns: &str, d: &str| {
+        mesh.pods_of(ns, d)
+            .first()
+            .map(|p| (*p).clone())
+            .ok_or(format!("no pod of {ns}/{d}"))
+    };
+    Ok((
+        one(MTLS_NS, "sleep-mtls")?,
+        one("mtls-legacy", "legacy-client")?,
+    ))
+}
+
+/// Removes the mTLS scenarios' policies.
+fn mtls_teardown(mesh: &mut Mesh) -> Result<(), String> {
+    for name in ["mtls-default", "echo-ports"] {
+        mesh.delete("PeerAuthentication", MTLS_NS, name)?;
+    }
+    Ok(())
+}
+
+fn pod_short(r: &Result<Reply, String>) -> String {
+    match r {
+        Ok(r) => format!(
+            "{} {}",
+            r.status,
+            r.body.chars().take(160).collect::<String>()
+        ),
+        Err(e) => format!("refused ({})", e.lines().last().unwrap_or_default()),
+    }
+}
+
+/// Polls a request from inside `pod` until `want` holds (policy may still be on its way), up to 15 s.
+fn expect_from(
+    mesh: &Mesh,
+    pod: &Pod,
+    url: &str,
+    want: impl Fn(&Result<Reply, String>) -> bool,
+) -> Result<String, String> {
+    let mut last = String::new();
+    wait_until(Duration::from_secs(15), || {
+        let r = mesh.pod_request(pod, url, &[]);
+        last = pod_short(&r);
+        want(&r).then(|| last.clone())
+    })
+    .ok_or(last)
+}
+
+/// The caller identity the echo app saw: the `URI=` of `x-forwarded-client-cert`, if any.
+fn peer_uri(r: &Reply) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    let xfcc = body["headers"]["x-forwarded-client-cert"].as_str()?;
+    xfcc.split(';')
+        .find_map(|kv| kv.strip_prefix("URI="))
+        .map(str::to_owned)
+}
+
+fn ok_plain(r: &Result<Reply, String>) -> bool {
+    matches!(r, Ok(r) if r.status == 200)
+}
+
+fn ok_mtls_from_sleep(r: &Result<Reply, String>) -> bool {
+    matches!(r, Ok(r) if r.status == 200 && peer_uri(r).as_deref() == Some(SLEEP_SPIFFE))
+}
+
+const ECHO_80: &str = "http://echo.mtls-demo/whoami";
+const ECHO_81: &str = "http://echo.mtls-demo:81/whoami";
+
+fn mtls_permissive(mesh: &mut Mesh) -> Result<String, String> {
+    let policy = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mtls-default, namespace: mtls-demo}
+spec:
+  mtls: {mode: PERMISSIVE}
+"#;
+    let (sleep, legacy) = mtls_setup(mesh, Some(policy))?;
+    let result = (|| {
+        let plain = expect_from(mesh, &legacy, ECHO_80, ok_plain)
+            .map_err(|e| format!("plaintext client (no sidecar) → {e}"))?;
+        let mtls = expect_from(mesh, &sleep, ECHO_80, ok_mtls_from_sleep).map_err(|e| {
+            format!("sidecar client: want 200 with XFCC URI={SLEEP_SPIFFE}, got {e}")
+        })?;
+        Ok(format!(
+            "no-sidecar client → {}; sidecar client → {} (peer {SLEEP_SPIFFE})",
+            &plain[..3.min(plain.len())],
+            &mtls[..3.min(mtls.len())]
+        ))
+    })();
+    mtls_teardown(mesh)?;
+    result
+}
+
+fn mtls_strict(mesh: &mut Mesh) -> Result<String, String> {
+    let policy = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mtls-default, namespace: mtls-demo}
+spec:
+  mtls: {mode: STRICT}
+"#;
+    let (sleep, legacy) = mtls_setup(mesh, Some(policy))?;
+    let result = (|| {
+        // No DestinationRule anywhere: the sidecar client speaks mTLS by auto-mTLS alone.
+        let mtls = expect_from(mesh, &sleep, ECHO_80, ok_mtls_from_sleep).map_err(|e| {
+            format!("sidecar client via auto-mTLS: want 200 with XFCC URI={SLEEP_SPIFFE}, got {e}")
+        })?;
+        let refused = expect_from(mesh, &legacy, ECHO_80, |r| r.is_err())
+            .map_err(|e| format!("plaintext client was not refused: {e}"))?;
+        Ok(format!(
+            "sidecar client (no DR) → {} with XFCC URI={SLEEP_SPIFFE}; no-sidecar client → {refused}",
+            &mtls[..3.min(mtls.len())]
+        ))
+    })();
+    mtls_teardown(mesh)?;
+    result
+}
+
+fn mtls_port_disable(mesh: &mut Mesh) -> Result<String, String> {
+    let policy = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo-ports, namespace: mtls-demo}
+spec:
+  selector: {matchLabels: {app: echo-mtls}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8081: {mode: DISABLE}
+"#;
+    let (sleep, legacy) = mtls_setup(mesh, Some(policy))?;
+    let result = (|| {
+        let refused = expect_from(mesh, &legacy, ECHO_80, |r| r.is_err())
+            .map_err(|e| format!("no-sidecar client on STRICT port 8080 was not refused: {e}"))?;
+        let plain = expect_from(mesh, &legacy, ECHO_81, ok_plain)
+            .map_err(|e| format!("no-sidecar client on DISABLE port 8081 → {e}"))?;
+        // The sidecar client gets through on both: mTLS where required, plaintext where mTLS is off (Istio's
+        // auto-mTLS learns the DISABLE port from the endpoint's TLS mode).
+        let strict = expect_from(mesh, &sleep, ECHO_80, ok_mtls_from_sleep)
+            .map_err(|e| format!("sidecar client on 8080: {e}"))?;
+        let disabled = expect_from(mesh, &sleep, ECHO_81, ok_plain)
+            .map_err(|e| format!("sidecar client on DISABLE 8081: {e}"))?;
+        Ok(format!(
+            "no-sidecar: 8080 → {refused}, 8081 → {}; sidecar: 8080 → {} (mTLS), 8081 → {}",
+            &plain[..3.min(plain.len())],
+            &strict[..3.min(strict.len())],
+            &disabled[..3.min(disabled.len())]
+        ))
+    })();
+    mtls_teardown(mesh)?;
+    result
+}
+
+/// Certificate rotation under traffic: with the run's 60 s workload TTL rudder renews every certificate at
+/// half-life and pushes it over SDS. A bounded request loop (every 250 ms, at most 45 s) over the sidecar →
+/// sidecar mTLS hop, with STRICT on the server, must see no failure while both ends' certificates change.
+fn mtls_rotation(mesh: &mut Mesh) -> Result<String, String> {
+    let policy = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mtls-default, namespace: mtls-demo}
+spec:
+  mtls: {mode: STRICT}
+"#;
+    let (sleep, _) = mtls_setup(mesh, Some(policy))?;
+    let echo = mesh
+        .pods_of(MTLS_NS, "echo-mtls")
+        .first()
+        .map(|p| (*p).clone())
+        .ok_or("no echo pod")?;
+    let result = (|| {
+        expect_from(mesh, &sleep, ECHO_80, ok_mtls_from_sleep)
+            .map_err(|e| format!("mTLS hop not working before the loop: {e}"))?;
+        let first = (mesh.cert_serials(&sleep), mesh.cert_serials(&echo));
+        if first.0.is_empty() || first.1.is_empty() {
+            return Err(format!(
+                "no certificates in use: sleep {:?}, echo {:?}; echo /certs: {}",
+                first.0,
+                first.1,
+                mesh.envoy_admin(&echo, "/certs")
+                    .chars()
+                    .take(400)
+                    .collect::<String>()
+            ));
+        }
+        let start = std::time::Instant::now();
+        let (mut sent, mut failures, mut after) = (0usize, Vec::new(), 0usize);
+        let mut rotated = (false, false);
+        while start.elapsed() < Duration::from_secs(45) {
+            let tick = std::time::Instant::now();
+            let r = mesh.pod_request(&sleep, ECHO_80, &[]);
+            sent += 1;
+            if !ok_mtls_from_sleep(&r) {
+                failures.push(format!(
+                    "#{sent} at {:.1}s: {}",
+                    start.elapsed().as_secs_f64(),
+                    pod_short(&r)
+                ));
+            }
+            if sent % 4 == 0 {
+                rotated.0 |= mesh.cert_serials(&sleep) != first.0;
+                rotated.1 |= mesh.cert_serials(&echo) != first.1;
+            }
+            if rotated.0 && rotated.1 {
+                // A few more requests over the renewed certificates.
+                after += 1;
+                if after > 8 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250).saturating_sub(tick.elapsed()));
+        }
+        let now = (mesh.cert_serials(&sleep), mesh.cert_serials(&echo));
+        let obs = format!(
+            "{sent} requests in {:.1}s, {} failed; sleep serial {:?} → {:?}, echo {:?} → {:?}",
+            start.elapsed().as_secs_f64(),
+            failures.len(),
+            first.0,
+            now.0,
+            first.1,
+            now.1
+        );
+        if failures.is_empty() && rotated.0 && rotated.1 {
+            Ok(obs)
+        } else {
+            Err(format!(
+                "{obs}; failures: {:?}",
+                failures.iter().take(5).collect::<Vec<_>>()
+            ))
+        }
+    })();
+    mtls_teardown(mesh)?;
     result
 }
