@@ -1,0 +1,564 @@
+//! Mesh mTLS with real Envoy 1.40: rudder (identity on, TLS ADS) configures a server sidecar (`httpbin`, full
+//! LDS/CDS/EDS/SDS from rudder) and a client sidecar (`sleep`: CDS/EDS/SDS from rudder, one plaintext listener
+//! from a file that routes to rudder's outbound cluster). The server's app echoes `x-forwarded-client-cert`.
+//!
+//! Both sidecars share loopback, so the test runs in its own network namespace (`unshare -n`, the test binary
+//! re-executing itself): there `virtualInbound` may bind 15006, and one iptables rule redirects the client's
+//! connections to the server pod's address (127.0.0.10:20080) to it, as istio-init would. Needs root, unshare
+//! and iptables; skips (passes with a message) otherwise.
+//!
+//! Proves: STRICT + auto-mTLS → the app sees `URI=spiffe://cluster.local/ns/default/sa/sleep`; STRICT + a
+//! plaintext client (DestinationRule `tls.mode: DISABLE`) → refused before the app; PERMISSIVE → plaintext and
+//! mTLS both get through; and neither Envoy rejects any generated shape (PERMISSIVE TCP chains, port-level
+//! passthrough chains, ISTIO_MUTUAL subset and HTTP/2 clusters) — no NACK on rudder's side, no rejected update
+//! in Envoy's stats.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rudder::app::{self, Bound};
+use rudder::security::bootstrap::{tls_ads_grpc_service, use_tls_ads};
+use rudder::security::testing::{TestIssuer, TokenSpec};
+use rudder::security::{self};
+use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
+use rudder::test_helpers::mesh::free_port;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Set in the re-executed test process that runs inside the private network namespace.
+const IN_NETNS: &str = "RUDDER_ENVOY_MTLS_NETNS";
+const SERVING_NAME: &str = "istiod.istio-system.svc";
+const SERVER_IP: &str = "127.0.0.10";
+const CLIENT_IP: &str = "127.0.0.20";
+const APP_PORT: u16 = 20080;
+const CLUSTER: &str = "outbound|20080||httpbin.default.svc.cluster.local";
+const SLEEP_ID: &str = "URI=spiffe://cluster.local/ns/default/sa/sleep";
+
+fn mesh_yaml() -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: sleep-1, namespace: default, labels: {{app: sleep}}}}
+spec:
+  serviceAccountName: sleep
+  containers: [{{name: sleep}}, {{name: istio-proxy}}]
+status: {{phase: Running, podIP: {CLIENT_IP}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: httpbin-1, namespace: default, labels: {{app: httpbin}}}}
+spec:
+  serviceAccountName: httpbin
+  containers:
+  - name: httpbin
+    ports: [{{name: http, containerPort: {APP_PORT}}}, {{name: tcp-echo, containerPort: 20081}}]
+  - name: istio-proxy
+status: {{phase: Running, podIP: {SERVER_IP}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  clusterIP: 127.0.0.100
+  selector: {{app: httpbin}}
+  ports:
+  - {{name: http, port: {APP_PORT}}}
+  - {{name: tcp-echo, port: 20081}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-v1, namespace: default, labels: {{app: reviews, version: v1}}}}
+spec:
+  serviceAccountName: reviews
+  containers: [{{name: reviews, ports: [{{containerPort: 20090}}]}}, {{name: istio-proxy}}]
+status: {{phase: Running, podIP: 127.0.0.30}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: default}}
+spec:
+  clusterIP: 127.0.0.101
+  selector: {{app: reviews}}
+  ports: [{{name: grpc, port: 20090}}, {{name: http, port: 20091, targetPort: 20090}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+"#
+    )
+}
+
+/// Namespace-wide mode for `default`, plus a workload policy with port-level modes (one for a port no service
+/// declares) so their chain shapes are exercised too.
+fn peer_auth(mode: &str) -> String {
+    format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec:
+  mtls: {{mode: {mode}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  portLevelMtls:
+    20081: {{mode: UNSET}}
+    20099: {{mode: DISABLE}}
+"#
+    )
+}
+
+const PLAINTEXT_CLIENT: &str = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: default}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {mode: DISABLE}
+"#;
+
+#[test]
+fn mtls_between_real_sidecars() {
+    if std::env::var_os(IN_NETNS).is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scenario());
+        return;
+    }
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "mtls_between_real_sidecars",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(IN_NETNS, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "in the network namespace:\n{stdout}\n{stderr}"
+    );
+}
+
+fn skip_reason() -> Option<&'static str> {
+    let ok = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root");
+    }
+    if !ok("unshare", "--version") || !ok("iptables", "--version") || !ok("ip", "-V") {
+        return Some("unshare/iptables/ip not installed");
+    }
+    None
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    bound: Bound,
+    tokens: TestIssuer,
+    root_cert: PathBuf,
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join("mesh.yaml"), mesh_yaml()).unwrap();
+        std::fs::write(config.join("policy.yaml"), peer_auth("STRICT")).unwrap();
+        let tokens = TestIssuer::default();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, tokens.jwks().to_string()).unwrap();
+        let mut identity = security::Config::new(dir.path().join("ca"), jwks);
+        identity.tls_addr = "127.0.0.1:0".parse().unwrap();
+        let bound = app::build(app::Config {
+            config_dir: Some(config.clone()),
+            xds_addr: Some("127.0.0.1:0".parse().unwrap()),
+            identity: Some(identity),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let root_cert = dir.path().join("root-cert.pem");
+        let issuer = bound.secret_issuer.as_ref().unwrap();
+        std::fs::write(&root_cert, issuer.ca().root_pem()).unwrap();
+        Mesh {
+            dir,
+            config,
+            bound,
+            tokens,
+            root_cert,
+        }
+    }
+
+    /// Replaces the policy file: written beside the config directory, then renamed in, so the file source
+    /// never reads it half-written.
+    fn set_policy(&self, yaml: &str) {
+        let tmp = self.dir.path().join("policy.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.config.join("policy.yaml")).unwrap();
+    }
+
+    /// A stock-Envoy bootstrap for `pod` (service account `sa`) on the TLS ADS server with a minted token.
+    fn bootstrap(&self, pod: &str, ip: &str, sa: &str) -> Value {
+        let token = self.dir.path().join(format!("{sa}-token"));
+        std::fs::write(&token, self.tokens.token(&TokenSpec::new("default", sa))).unwrap();
+        let tls = self.bound.xds_tls_addr.unwrap();
+        let node = format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local");
+        let mut b = bootstrap(&node, pod, tls, AdsApi::Grpc);
+        use_tls_ads(
+            &mut b,
+            tls_ads_grpc_service(
+                &tls.to_string(),
+                &self.root_cert,
+                &token,
+                Some(SERVING_NAME),
+            ),
+        );
+        // ADS goes through google_grpc; the static plaintext xds cluster is not needed.
+        b["static_resources"] = json!({});
+        b
+    }
+
+    /// NACKs rudder's TLS server holds right now.
+    fn nacks(&self) -> Vec<String> {
+        let registry = self.bound.xds_tls_registry.as_ref().unwrap();
+        registry
+            .connections()
+            .into_iter()
+            .flat_map(|c| {
+                let pod = c.proxy.id.pod.clone();
+                c.types
+                    .into_iter()
+                    .filter_map(move |(t, s)| s.last_nack.map(|n| format!("{pod} {t}: {n:?}")))
+            })
+            .collect()
+    }
+}
+
+/// The client's only listener: plaintext HTTP in on `port`, routed to rudder's outbound cluster for httpbin.
+fn client_listener_file(dir: &Path, port: u16) -> Value {
+    let listener = json!({
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "client_in",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "client_in",
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": CLUSTER}}
+                ]}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+            }
+        }]}]
+    });
+    let path = dir.join("client-lds.json");
+    std::fs::write(&path, json!({"resources": [listener]}).to_string()).unwrap();
+    json!({"path_config_source": {"path": path}, "resource_api_version": "V3"})
+}
+
+/// The httpbin stand-in on 127.0.0.1:20080: answers every request with its `x-forwarded-client-cert` header,
+/// counting requests (a refused connection must never reach it).
+async fn start_app(hits: Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", APP_PORT))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                hits.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&buf);
+                let xfcc = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("x-forwarded-client-cert")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xfcc}",
+                    xfcc.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+}
+
+/// One request through the client sidecar: `Ok(body)` (the XFCC the app saw) for a 200, `Err` otherwise.
+async fn request(port: u16) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("http://127.0.0.1:{port}/get"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("status {status}: {body}"));
+    }
+    Ok(body)
+}
+
+/// Retries until a request succeeds (config changes take a moment to reach both Envoys).
+async fn wait_ok(port: u16, client: &Envoy, server: &Envoy) -> String {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        match request(port).await {
+            Ok(body) => return body,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no path through the sidecars: {e}\nclient log:\n{}\nserver log:\n{}",
+                client.log_tail(30),
+                server.log_tail(30)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn active(dump: &Value, section: &str, list: &str, inner: &str, name: &str) -> Option<Value> {
+    dump["configs"]
+        .as_array()?
+        .iter()
+        .filter(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(section)))
+        .flat_map(|c| c[list].as_array().cloned().unwrap_or_default())
+        .map(|item| match inner {
+            "listener" => item["active_state"]["listener"].clone(),
+            _ => item[inner].clone(),
+        })
+        .find(|body| body["name"] == name)
+}
+
+/// `(transport_protocol, terminates TLS)` of the server's `virtualInbound` chains for the app port.
+fn app_port_chains(dump: &Value) -> Vec<(String, bool)> {
+    let Some(l) = active(
+        dump,
+        "ListenersConfigDump",
+        "dynamic_listeners",
+        "listener",
+        "virtualInbound",
+    ) else {
+        return Vec::new();
+    };
+    l["filter_chains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["filter_chain_match"]["destination_port"] == json!(APP_PORT))
+        .map(|c| {
+            (
+                c["filter_chain_match"]["transport_protocol"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                !c["transport_socket"].is_null(),
+            )
+        })
+        .collect()
+}
+
+/// Whether the client's httpbin cluster uses auto-mTLS socket matches.
+fn client_auto_mtls(dump: &Value) -> Option<bool> {
+    let c = active(
+        dump,
+        "ClustersConfigDump",
+        "dynamic_active_clusters",
+        "cluster",
+        CLUSTER,
+    )?;
+    Some(
+        c["transport_socket_matches"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2),
+    )
+}
+
+async fn wait_dump(envoy: &Envoy, what: &str, cond: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let dump = envoy.config_dump().await;
+        if cond(&dump) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy never showed {what}; cluster: {:#}\nlog:\n{}",
+            active(
+                &dump,
+                "ClustersConfigDump",
+                "dynamic_active_clusters",
+                "cluster",
+                CLUSTER
+            )
+            .unwrap_or_default(),
+            envoy.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Envoy's own count of rejected LDS/CDS/SDS updates (cumulative, unlike rudder's last NACK).
+async fn rejected_updates(envoy: &Envoy) -> Vec<String> {
+    envoy
+        .admin_get("/stats?filter=update_rejected")
+        .await
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(": 0"))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn scenario() {
+    run(&["ip", "link", "set", "lo", "up"]);
+    // istio-init's job for the server pod: its inbound traffic goes to virtualInbound.
+    run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        SERVER_IP,
+        "--dport",
+        &APP_PORT.to_string(),
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15006",
+    ]);
+    let hits = Arc::new(AtomicUsize::new(0));
+    start_app(hits.clone()).await;
+    let mesh = Mesh::start().await;
+
+    let server = Envoy::start(&mesh.bootstrap("httpbin-1", SERVER_IP, "httpbin")).await;
+    let port = free_port();
+    let mut client_cfg = mesh.bootstrap("sleep-1", CLIENT_IP, "sleep");
+    client_cfg["dynamic_resources"]["lds_config"] = client_listener_file(mesh.dir.path(), port);
+    let client = Envoy::start(&client_cfg).await;
+
+    // 1. STRICT + auto-mTLS: the app sees the client's SPIFFE id.
+    wait_dump(&server, "STRICT chains", |d| {
+        app_port_chains(d) == [("tls".to_owned(), true)]
+    })
+    .await;
+    wait_dump(&client, "auto-mTLS cluster", |d| {
+        client_auto_mtls(d) == Some(true)
+    })
+    .await;
+    let xfcc = wait_ok(port, &client, &server).await;
+    assert!(xfcc.contains(SLEEP_ID), "app saw XFCC {xfcc:?}");
+    assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
+
+    // 2. STRICT + a plaintext client (DestinationRule DISABLE): refused by the server sidecar.
+    mesh.set_policy(&(peer_auth("STRICT") + PLAINTEXT_CLIENT));
+    wait_dump(&client, "plaintext cluster", |d| {
+        client_auto_mtls(d) == Some(false)
+    })
+    .await;
+    let before = hits.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = request(port).await;
+        assert!(r.is_err(), "plaintext got through STRICT: {r:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), before, "the app was reached");
+    assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
+
+    // 3. PERMISSIVE: the plaintext client gets through (no peer identity) ...
+    mesh.set_policy(&(peer_auth("PERMISSIVE") + PLAINTEXT_CLIENT));
+    wait_dump(&server, "PERMISSIVE chains", |d| {
+        app_port_chains(d) == [("tls".to_owned(), true), ("raw_buffer".to_owned(), false)]
+    })
+    .await;
+    let xfcc = wait_ok(port, &client, &server).await;
+    assert!(!xfcc.contains("URI="), "plaintext request carried {xfcc:?}");
+    // ... and so does mTLS once the client uses auto-mTLS again.
+    mesh.set_policy(&peer_auth("PERMISSIVE"));
+    wait_dump(&client, "auto-mTLS cluster", |d| {
+        client_auto_mtls(d) == Some(true)
+    })
+    .await;
+    let xfcc = wait_ok(port, &client, &server).await;
+    assert!(xfcc.contains(SLEEP_ID), "app saw XFCC {xfcc:?}");
+
+    assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
+    for (who, envoy) in [("server", &server), ("client", &client)] {
+        let rejected = rejected_updates(envoy).await;
+        assert!(rejected.is_empty(), "{who} rejected updates: {rejected:?}");
+        // Nothing is stuck warming: every listener/cluster got its secrets.
+        let dump = envoy.config_dump().await.to_string();
+        assert!(
+            !dump.contains("warming_state"),
+            "{who} has warming listeners"
+        );
+        assert!(
+            !dump.contains("dynamic_warming_clusters"),
+            "{who} has warming clusters"
+        );
+    }
+    drop((client, server));
+    mesh.bound.shutdown().await;
+}
