@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn div_mod_and_root_fields() {
         let t = "{{- range $j := until .Instances }} {{div $j 2 }}.{{mod $j 2 }}/{{mod $j $.Services}}{{- end }}";
-        assert_eq!(render(t, &data()).unwrap(), "0.0/0 0.1/1 1.0/2 1.1/0");
+        assert_eq!(render(t, &data()).unwrap(), " 0.0/0 0.1/1 1.0/2 1.1/0");
         let big = BTreeMap::from([("Services", 300)]);
         let ip = "{{- range $i := until .Services }}{{div $i 255 }}.{{mod $i 255 }} {{- end }}";
         assert!(render(ip, &big).unwrap().ends_with("1.44"));
