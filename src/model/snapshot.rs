@@ -33,6 +33,30 @@ pub struct Snapshot {
     pub problems: Vec<ConfigError>,
 }
 
+/// Kinds rudder stores (validated, shown in debug) but does not turn into Envoy config yet, with what that means
+/// for traffic. Each such object gets a warning in the snapshot's problems (the one-line snapshot log counts them,
+/// the debug API lists them); the proxies' config is generated without it, never NACKed because of it.
+fn not_translated(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::AuthorizationPolicy => {
+            "rudder enforces no AuthorizationPolicy yet; requests are not filtered"
+        }
+        Kind::RequestAuthentication => "rudder validates no request JWTs yet",
+        Kind::Telemetry => {
+            "rudder applies no Telemetry yet; access logs follow the mesh config's accessLogFile"
+        }
+        Kind::EnvoyFilter => "rudder applies no EnvoyFilter patches",
+        Kind::ClusterRbacConfig
+        | Kind::RbacConfig
+        | Kind::ServiceRole
+        | Kind::ServiceRoleBinding => "legacy Istio RBAC is not enforced",
+        Kind::Handler | Kind::Instance | Kind::Rule | Kind::QuotaSpec | Kind::QuotaSpecBinding => {
+            "Mixer config has no effect (Istio removed Mixer)"
+        }
+        _ => return None,
+    })
+}
+
 /// Counts for the one-line log and the debug API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -107,7 +131,19 @@ impl Snapshot {
                     inputs.workload_entries.push(obj);
                     configs.entry(obj.kind()).or_default().push(obj.clone());
                 }
-                other => configs.entry(other.kind()).or_default().push(other.clone()),
+                other => {
+                    if let Some(effect) = not_translated(other.kind()) {
+                        problems.push(
+                            ConfigError::for_key(
+                                &other.key(),
+                                "",
+                                format!("loaded but not translated: {effect}"),
+                            )
+                            .severity(Severity::Warning),
+                        );
+                    }
+                    configs.entry(other.kind()).or_default().push(other.clone())
+                }
             }
         }
         inputs.workloads = &workloads;
