@@ -842,3 +842,228 @@ spec:
     drop(envoy);
     bound.shutdown().await;
 }
+
+/// Set in the re-executed test process that runs inside a private network namespace.
+const TCP_NETNS: &str = "RUDDER_SIDECAR_TCP_NETNS";
+
+/// The same tcp routes through a real *sidecar*: the client's connections to the Service VIP are redirected to
+/// `virtualOutbound` (15001) as istio-init does, whose original-destination hand-off reaches the `<vip>_<port>`
+/// listener (not bound) and its weighted TCP proxy. iptables must not touch the machine's own tables, so the test
+/// re-executes itself in a private network namespace (`unshare -n`, root only; skips with a message otherwise).
+#[test]
+fn sidecar_tcp_routes_split_redirected_connections() {
+    if std::env::var_os(TCP_NETNS).is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(sidecar_tcp_scenario());
+        return;
+    }
+    let ok = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || !ok("unshare", "--version") || !ok("iptables", "--version") {
+        eprintln!("skipped: needs root, unshare and iptables");
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "sidecar_tcp_routes_split_redirected_connections",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(TCP_NETNS, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "in the network namespace:\n{stdout}\n{stderr}"
+    );
+}
+
+fn netns_run(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn sidecar_tcp_scenario() {
+    const VIP: &str = "127.0.0.40";
+    netns_run(&["ip", "link", "set", "lo", "up"]);
+    // istio-init's rule for the client pod, narrowed to the one Service VIP (Envoy's own upstream connections go
+    // to the backends' pod addresses and are left alone).
+    netns_run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        VIP,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]);
+    let (a_port, b_port) = (
+        tcp_backend("127.0.0.11", "a").await,
+        tcp_backend("127.0.0.12", "b").await,
+    );
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client-1, namespace: shop, labels: {{app: client}}}}
+spec:
+  containers: [{{name: client}}]
+status: {{phase: Running, podIP: 127.0.0.1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-a-1, namespace: shop, labels: {{app: echo-a}}}}
+spec:
+  containers: [{{name: echo, ports: [{{name: tcp-echo, containerPort: {a_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.0.11}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-b-1, namespace: shop, labels: {{app: echo-b}}}}
+spec:
+  containers: [{{name: echo, ports: [{{name: tcp-echo, containerPort: {b_port}}}]}}]
+status: {{phase: Running, podIP: 127.0.0.12}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: shop}}
+spec:
+  clusterIP: {VIP}
+  ports: [{{name: tcp-split, port: 20700}}, {{name: tcp-b, port: 20701}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-a, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.41
+  selector: {{app: echo-a}}
+  ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-b, namespace: shop}}
+spec:
+  clusterIP: 127.0.0.42
+  selector: {{app: echo-b}}
+  ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: [echo]
+  tcp:
+  - match: [{{port: 20701}}]
+    route:
+    - destination: {{host: echo-b, port: {{number: 20700}}}}
+  - match: [{{port: 20700}}]
+    route:
+    - destination: {{host: echo-a, port: {{number: 20700}}}}
+      weight: 75
+    - destination: {{host: echo-b, port: {{number: 20700}}}}
+      weight: 25
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    let bound = start(dir.path()).await;
+    let registry = bound.xds_registry.clone().unwrap();
+    let envoy = Envoy::start(&bootstrap(
+        "sidecar~127.0.0.1~client-1.shop~shop.svc.cluster.local",
+        "client.shop",
+        bound.xds_addr.unwrap(),
+        AdsApi::DeltaGrpc,
+    ))
+    .await;
+    wait_lds_acked(&registry, "client-1").await;
+    let names = [
+        "virtualOutbound".to_string(),
+        format!("{VIP}_20700"),
+        format!("{VIP}_20701"),
+    ];
+    let ls = wait_listeners(&envoy, "the outbound TCP listeners", |ls| {
+        names
+            .iter()
+            .all(|n| ls.iter().any(|l| l.name == *n && l.active))
+    })
+    .await;
+    assert!(ls.iter().all(|l| l.error.is_none()), "{ls:#?}");
+
+    // Through the VIP on loopback: redirected to 15001, handed to the VIP's port listener.
+    let call = |port: u16| async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect((VIP, port)).await.ok()?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        Some(out)
+    };
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {seen:?} answered through the sidecar; log:\n{}",
+            envoy.log_tail(40)
+        );
+        match call(20700).await.filter(|s| !s.is_empty()) {
+            Some(name) => {
+                seen.insert(name);
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    for _ in 0..30 {
+        assert_eq!(call(20701).await.as_deref(), Some("b"), "port 20701");
+    }
+    let mut a = 0;
+    for _ in 0..200 {
+        match call(20700).await.as_deref() {
+            Some("a") => a += 1,
+            Some("b") => {}
+            other => panic!("connection answered {other:?}"),
+        }
+    }
+    assert!((120..=180).contains(&a), "a got {a} of 200 (75% expected)");
+    for c in registry.connections() {
+        for (ty, t) in &c.types {
+            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
+        }
+    }
+    drop(envoy);
+    bound.shutdown().await;
+}
