@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prost::Message;
 use rudder::test_helpers::ads::{DeltaClient, QUIET, SotwClient, TestServer, node_id};
 use rudder::test_helpers::xds_fixtures::{
     Publisher, StaticGenerator, cluster, delta_names, endpoints, listener, route, sotw_names,
 };
 use rudder::xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use rudder::xds::{ConnectionStatus, TypeStatus};
+use rudder::xds::{ConnectionStatus, TypeStatus, XdsResource};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -530,4 +531,81 @@ async fn fan_out_pushes_once_per_affected_type_and_skips_unaffected_proxies() {
         .await
         .expect("all clients ACKed");
     assert!(server.metrics.convergence.count() >= (CLIENTS + CLIENTS / 2) as u64);
+}
+
+#[tokio::test]
+async fn streams_subscribed_to_the_same_names_share_state() {
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    let server = TestServer::start(rx).await;
+    let mut clients = Vec::new();
+    for (pod, names) in [("p1", ["a", "b"]), ("p2", ["b", "a"]), ("p3", ["a", "a"])] {
+        let mut c = DeltaClient::connect(server.addr, &node_id(pod, "ns")).await;
+        c.subscribe(ENDPOINT, &names).await;
+        let r = c.recv().await;
+        c.ack(&r).await;
+        clients.push(c);
+    }
+    let conns = server
+        .registry
+        .wait_for(WAIT, |cs| {
+            cs.len() == 3
+                && cs
+                    .iter()
+                    .all(|c| c.types.get(ENDPOINT).is_some_and(|t| t.is_acked()))
+        })
+        .await
+        .expect("three streams ACK their endpoints");
+    let names: Vec<_> = conns
+        .iter()
+        .map(|c| c.types[ENDPOINT].names.clone())
+        .collect();
+    assert_eq!(*names[0], ["a".to_owned(), "b".to_owned()].into());
+    assert!(
+        std::sync::Arc::ptr_eq(&names[0], &names[1]),
+        "equal subscriptions are one set"
+    );
+    assert!(!std::sync::Arc::ptr_eq(&names[0], &names[2]));
+    assert_eq!(*names[2], ["a".to_owned()].into());
+    // Held resources too: both hold the whole endpoint set, shared, not a copy each.
+    let held: Vec<Vec<&str>> = conns
+        .iter()
+        .map(|c| c.types[ENDPOINT].sent.names())
+        .collect();
+    assert_eq!(held, [vec!["a", "b"], vec!["a", "b"], vec!["a"]]);
+}
+
+#[tokio::test]
+async fn sotw_changed_cluster_gets_its_endpoints_again() {
+    // Envoy re-warms a changed EDS cluster and waits for endpoints without asking again (same names).
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    let server = TestServer::start(rx).await;
+    let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
+    for (t, names) in [(CLUSTER, &[][..]), (ENDPOINT, &["a", "b"][..])] {
+        c.request(t, names, "", "").await;
+        let r = c.recv().await;
+        c.ack(&r, names).await;
+    }
+    c.expect_none(QUIET).await;
+    let mut g = base();
+    let mut changed =
+        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&cluster("a").bytes[..])
+            .unwrap();
+    changed.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 7,
+        nanos: 0,
+    });
+    g.set(std::sync::Arc::new(XdsResource::encode("a", &changed)));
+    publisher.publish(g, false);
+    let r = c.recv().await;
+    assert_eq!(r.type_url, CLUSTER);
+    c.ack(&r, &[]).await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.type_url.as_str(), sorted(sotw_names(&r))),
+        (ENDPOINT, vec!["a".into(), "b".into()])
+    );
+    c.ack(&r, &["a", "b"]).await;
+    c.expect_none(QUIET).await;
 }

@@ -37,9 +37,57 @@ pub(crate) struct Shared {
     pub ids: AtomicU64,
     /// Authenticates streams (TLS server only).
     pub authenticator: Option<Arc<dyn Authenticate>>,
+    /// Subscribed-name sets by content hash, so streams subscribed to the same names share one set.
+    pub name_sets: parking_lot::Mutex<NameSets>,
+}
+
+/// Weak references to the subscribed-name sets in use, by content hash.
+#[derive(Default)]
+pub(crate) struct NameSets {
+    by_hash: std::collections::HashMap<u64, Vec<std::sync::Weak<BTreeSet<String>>>>,
+    /// Entry count above which dead entries are swept.
+    sweep_at: usize,
 }
 
 impl Shared {
+    /// Replaces `names` by an equal set already in use by another stream, if there is one. Many proxies
+    /// subscribe to the same EDS/RDS names (every proxy of a view); one copy instead of one per stream is
+    /// most of a stream's memory at thousands of proxies.
+    pub(crate) fn share_names(&self, names: &mut Arc<BTreeSet<String>>) {
+        if names.is_empty() {
+            return;
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for n in names.iter() {
+            h.update(n.as_bytes());
+            h.update(&[0]);
+        }
+        let hash = h.digest();
+        let mut sets = self.name_sets.lock();
+        let bucket = sets.by_hash.entry(hash).or_default();
+        for weak in bucket.iter() {
+            if let Some(existing) = weak.upgrade() {
+                if Arc::ptr_eq(&existing, names) {
+                    return;
+                }
+                if *existing == **names {
+                    *names = existing;
+                    return;
+                }
+            }
+        }
+        bucket.push(Arc::downgrade(names));
+        let entries: usize = sets.by_hash.values().map(Vec::len).sum();
+        if entries > sets.sweep_at {
+            sets.by_hash.retain(|_, b| {
+                b.retain(|w| w.strong_count() > 0);
+                !b.is_empty()
+            });
+            let live: usize = sets.by_hash.values().map(Vec::len).sum();
+            sets.sweep_at = (live * 2).max(64);
+        }
+    }
+
     fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Relaxed) + 1
     }

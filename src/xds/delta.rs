@@ -41,6 +41,7 @@ impl Flavor for Delta {
             return Err(Status::invalid_argument("ADS request without type_url"));
         }
         let metrics = conn.shared.metrics.clone();
+        let shared = conn.shared.clone();
         let (ts, is_new) = conn.type_state(&req.type_url);
         ts.check_nonce(
             is_new,
@@ -81,6 +82,7 @@ impl Flavor for Delta {
                 }
             }
             ts.subscription_changed();
+            shared.share_names(&mut ts.status.names);
         }
         if wildcard != was_wildcard {
             ts.subscription_changed();

@@ -128,6 +128,7 @@ impl Server {
             push_permits: Arc::new(Semaphore::new(self.cfg.push_concurrency.max(1))),
             drain: drain_rx,
             ids: AtomicU64::new(0),
+            name_sets: Default::default(),
         });
         let svc = AdsGrpc {
             shared,

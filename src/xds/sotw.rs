@@ -38,6 +38,7 @@ impl Flavor for Sotw {
             return Err(Status::invalid_argument("ADS request without type_url"));
         }
         let metrics = conn.shared.metrics.clone();
+        let shared = conn.shared.clone();
         let (ts, is_new) = conn.type_state(&req.type_url);
         let check = ts.check_nonce(
             is_new,
@@ -73,6 +74,7 @@ impl Flavor for Sotw {
             }
             ts.status.wildcard = wildcard;
             ts.status.names = Arc::new(names);
+            shared.share_names(&mut ts.status.names);
             ts.subscription_changed();
         }
         ts.legacy_wildcard = legacy;
@@ -96,7 +98,14 @@ impl Flavor for Sotw {
         } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
-        if !ts.must_respond && diff(&ts.status.sent, chosen.as_slice()).is_empty() {
+        let changes = diff(&ts.status.sent, chosen.as_slice());
+        // A changed (not new) cluster is what Envoy re-warms; see below.
+        let rewarms = type_url == type_url::CLUSTER
+            && changes
+                .changed
+                .iter()
+                .any(|r| ts.status.sent.contains_key(&r.name));
+        if !ts.must_respond && changes.is_empty() {
             // Same content: hold the new (shareable) selection instead.
             ts.status.sent = Held::exactly(chosen);
             return None;
@@ -119,11 +128,10 @@ impl Flavor for Sotw {
         );
         ts.status.sent = Held::exactly(chosen);
         // Envoy keeps a changed EDS cluster warming until it receives its endpoints again, and asks for nothing
-        // new (the names did not change): after clusters, endpoints are owed even when unchanged (as istiod's
-        // full push sends them). CDS is built before EDS within a push.
-        if type_url == type_url::CLUSTER
-            && let Some(eds) = types.get_mut(type_url::ENDPOINT)
-        {
+        // new (the names did not change): after a changed cluster, endpoints are owed even when unchanged (as
+        // istiod's full push sends them). A new cluster needs nothing: Envoy asks for its endpoints by name.
+        // CDS is built before EDS within a push.
+        if rewarms && let Some(eds) = types.get_mut(type_url::ENDPOINT) {
             eds.must_respond = true;
         }
         shared.metrics.count_push(type_url);
