@@ -36,6 +36,9 @@ const CLIENT_IP: &str = "127.0.0.20";
 const APP_PORT: u16 = 20080;
 const CLUSTER: &str = "outbound|20080||httpbin.default.svc.cluster.local";
 const SLEEP_ID: &str = "URI=spiffe://cluster.local/ns/default/sa/sleep";
+const GATEWAY_IP: &str = "127.0.0.40";
+const GATEWAY_PORT: u16 = 20180;
+const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
 
 fn mesh_yaml() -> String {
     format!(
@@ -84,6 +87,33 @@ spec:
   clusterIP: 127.0.0.101
   selector: {{app: reviews}}
   ports: [{{name: grpc, port: 20090}}, {{name: http, port: 20091, targetPort: 20090}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  serviceAccountName: {GATEWAY_SA}
+  containers: [{{name: istio-proxy}}]
+status: {{phase: Running, podIP: {GATEWAY_IP}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {GATEWAY_PORT}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [web]
+  http:
+  - route:
+    - destination: {{host: httpbin, port: {{number: {APP_PORT}}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -244,10 +274,15 @@ impl Mesh {
 
     /// A stock-Envoy bootstrap for `pod` (service account `sa`) on the TLS ADS server with a minted token.
     fn bootstrap(&self, pod: &str, ip: &str, sa: &str) -> Value {
+        self.bootstrap_as("sidecar", pod, "default", ip, sa)
+    }
+
+    /// The same for a `kind` (`sidecar`/`router`) proxy in namespace `ns`.
+    fn bootstrap_as(&self, kind: &str, pod: &str, ns: &str, ip: &str, sa: &str) -> Value {
         let token = self.dir.path().join(format!("{sa}-token"));
-        std::fs::write(&token, self.tokens.token(&TokenSpec::new("default", sa))).unwrap();
+        std::fs::write(&token, self.tokens.token(&TokenSpec::new(ns, sa))).unwrap();
         let tls = self.bound.xds_tls_addr.unwrap();
-        let node = format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local");
+        let node = format!("{kind}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local");
         let mut b = bootstrap(&node, pod, tls, AdsApi::Grpc);
         use_tls_ads(
             &mut b,
@@ -341,7 +376,8 @@ async fn start_app(hits: Arc<AtomicUsize>) {
     });
 }
 
-/// One request through the client sidecar: `Ok(body)` (the XFCC the app saw) for a 200, `Err` otherwise.
+/// One request through the client sidecar (or gateway) on `port`: `Ok(body)` (the XFCC the app saw) for a 200,
+/// `Err` otherwise.
 async fn request(port: u16) -> Result<String, String> {
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -511,6 +547,22 @@ async fn scenario() {
     .await;
     let xfcc = wait_ok(port, &client, &server).await;
     assert!(xfcc.contains(SLEEP_ID), "app saw XFCC {xfcc:?}");
+    // The book's S15: the ingress gateway (with identity) reaches the STRICT sidecar over auto-mTLS too.
+    let gateway = Envoy::start(&mesh.bootstrap_as(
+        "router",
+        "ingress-1",
+        "istio-system",
+        GATEWAY_IP,
+        GATEWAY_SA,
+    ))
+    .await;
+    let xfcc = wait_ok(GATEWAY_PORT, &gateway, &server).await;
+    assert!(
+        xfcc.contains(&format!(
+            "URI=spiffe://cluster.local/ns/istio-system/sa/{GATEWAY_SA}"
+        )),
+        "app saw XFCC {xfcc:?} through the gateway"
+    );
     assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
 
     // 2. STRICT + a plaintext client (DestinationRule DISABLE): refused by the server sidecar.
@@ -545,7 +597,11 @@ async fn scenario() {
     assert!(xfcc.contains(SLEEP_ID), "app saw XFCC {xfcc:?}");
 
     assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
-    for (who, envoy) in [("server", &server), ("client", &client)] {
+    for (who, envoy) in [
+        ("server", &server),
+        ("client", &client),
+        ("gateway", &gateway),
+    ] {
         let rejected = rejected_updates(envoy).await;
         assert!(rejected.is_empty(), "{who} rejected updates: {rejected:?}");
         // Nothing is stuck warming: every listener/cluster got its secrets.
@@ -559,6 +615,6 @@ async fn scenario() {
             "{who} has warming clusters"
         );
     }
-    drop((client, server));
+    drop((client, server, gateway));
     mesh.bound.shutdown().await;
 }
