@@ -21,6 +21,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use crate::envoy::cluster::locality::{self, failover_priority_rank, parse_locality};
 use crate::envoy::cluster::policy::{effective_locality_setting, u32v};
 use crate::envoy::cluster::{ClusterKind, OutboundTarget, outbound_targets};
+use crate::model::peer_auth::{EffectiveMtls, MtlsMode, workload_mtls};
 use crate::model::proxy::ProxyScope;
 use crate::model::service::Endpoint;
 
@@ -70,6 +71,9 @@ pub(crate) fn assignment(scope: &ProxyScope<'_>, target: &OutboundTarget) -> Clu
         ),
         ..Default::default()
     };
+    if scope.meta.mtls {
+        drop_tls_mode_where_disabled(scope, endpoints, &mut cla.endpoints);
+    }
     if let Some(s) = &setting {
         let proxy_locality = scope
             .workload
@@ -79,6 +83,63 @@ pub(crate) fn assignment(scope: &ProxyScope<'_>, target: &OutboundTarget) -> Clu
         locality::apply(&mut cla, &proxy_locality, s, failover);
     }
     cla
+}
+
+/// istiod's EDS mTLS check: an endpoint whose workload's peer authentication DISABLEs mTLS on its port loses
+/// `tlsMode: istio`, so auto-mTLS clients reach it in plaintext there (its sidecar terminates no TLS on that
+/// port and would refuse the handshake).
+fn drop_tls_mode_where_disabled(
+    scope: &ProxyScope<'_>,
+    endpoints: &[Endpoint],
+    groups: &mut [LocalityLbEndpoints],
+) {
+    // One policy lookup per workload (namespace + labels), not per endpoint.
+    let mut modes: Vec<(&str, &BTreeMap<String, String>, EffectiveMtls)> = Vec::new();
+    let mut disabled: Vec<(&str, u16)> = Vec::new();
+    for ep in endpoints.iter().filter(|ep| ep.has_sidecar) {
+        let ns = ep.namespace.as_str();
+        let i = match modes
+            .iter()
+            .position(|(n, l, _)| *n == ns && *l == &ep.labels)
+        {
+            Some(i) => i,
+            None => {
+                modes.push((
+                    ns,
+                    &ep.labels,
+                    workload_mtls(scope.snapshot, ns, &ep.labels, None),
+                ));
+                modes.len() - 1
+            }
+        };
+        if modes[i].2.for_port(ep.port) == MtlsMode::Disable {
+            disabled.push((ep.address.as_str(), ep.port));
+        }
+    }
+    if disabled.is_empty() {
+        return;
+    }
+    for lb in groups.iter_mut().flat_map(|g| g.lb_endpoints.iter_mut()) {
+        let Some(HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+            continue;
+        };
+        let Some(address::Address::SocketAddress(sa)) =
+            e.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            continue;
+        };
+        let port = match sa.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(p)) => p,
+            _ => continue,
+        };
+        if disabled
+            .iter()
+            .any(|(a, p)| *a == sa.address && u32::from(*p) == port)
+            && let Some(m) = lb.metadata.as_mut()
+        {
+            m.filter_metadata.remove(TRANSPORT_SOCKET_MATCH);
+        }
+    }
 }
 
 /// Ready endpoints matching `subset_labels`, grouped by (failover rank, locality), sorted for a stable output.

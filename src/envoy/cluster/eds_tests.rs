@@ -346,3 +346,64 @@ spec:
         .collect();
     assert_eq!(w, vec![(1, 10), (0, 1), (1, 90)]);
 }
+
+#[test]
+fn port_level_disable_drops_tls_mode_for_proxies_with_identity() {
+    // reviews-v1 has a sidecar; its workload policy is STRICT with port 9080 DISABLEd (istiod's EDS mTLS check).
+    let snap = with(
+        r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    9080: {mode: DISABLE}
+"#,
+    );
+    let tls_mode = |mtls: bool| {
+        let mut scope = sidecar(&snap, "shop", "client-7d9f8c6b5-abcde");
+        scope.meta.mtls = mtls;
+        let all = load_assignments(&scope);
+        let a = find(&all, REVIEWS);
+        let v1 = a
+            .endpoints
+            .iter()
+            .flat_map(|g| &g.lb_endpoints)
+            .find(|e| addr(e).0 == "10.0.1.1")
+            .cloned()
+            .expect("reviews-v1 endpoint");
+        meta_str(&v1, "envoy.transport_socket_match", "tlsMode")
+    };
+    assert_eq!(
+        tls_mode(true),
+        None,
+        "DISABLE port: plaintext for auto-mTLS"
+    );
+    // Plaintext proxies have no auto-mTLS; their assignments are left as they were.
+    assert_eq!(tls_mode(false).as_deref(), Some("istio"));
+    // Without the port override (STRICT), the endpoint keeps its mTLS marker.
+    let strict = with(
+        r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+"#,
+    );
+    let mut scope = sidecar(&strict, "shop", "client-7d9f8c6b5-abcde");
+    scope.meta.mtls = true;
+    let all = load_assignments(&scope);
+    let v1 = find(&all, REVIEWS)
+        .endpoints
+        .iter()
+        .flat_map(|g| &g.lb_endpoints)
+        .find(|e| addr(e).0 == "10.0.1.1")
+        .cloned()
+        .expect("reviews-v1 endpoint");
+    assert_eq!(
+        meta_str(&v1, "envoy.transport_socket_match", "tlsMode").as_deref(),
+        Some("istio")
+    );
+}
