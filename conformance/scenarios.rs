@@ -873,10 +873,15 @@ spec:
         // auto-mTLS learns the DISABLE port from the endpoint's TLS mode).
         let strict = expect_from(mesh, &sleep, ECHO_80, ok_mtls_from_sleep)
             .map_err(|e| format!("sidecar client on 8080: {e}"))?;
-        let disabled = expect_from(mesh, &sleep, ECHO_81, ok_plain)
-            .map_err(|e| format!("sidecar client on DISABLE 8081: {e}"))?;
+        let disabled = expect_from(
+            mesh,
+            &sleep,
+            ECHO_81,
+            |r| matches!(r, Ok(r) if r.status == 200 && peer_uri(r).is_none()),
+        )
+        .map_err(|e| format!("sidecar client on DISABLE 8081 (want 200 in plaintext): {e}"))?;
         Ok(format!(
-            "no-sidecar: 8080 → {refused}, 8081 → {}; sidecar: 8080 → {} (mTLS), 8081 → {}",
+            "no-sidecar: 8080 → {refused}, 8081 → {}; sidecar: 8080 → {} (mTLS), 8081 → {} (plaintext)",
             &plain[..3.min(plain.len())],
             &strict[..3.min(strict.len())],
             &disabled[..3.min(disabled.len())]
