@@ -109,6 +109,16 @@ fn downstream(socket: &TransportSocket) -> DownstreamTlsContext {
     DownstreamTlsContext::decode(any.value.as_slice()).unwrap()
 }
 
+/// Envoy rejects a listener whose chains share a match.
+fn assert_unique_matches(l: &Listener) {
+    let mut seen = Vec::new();
+    for c in &l.filter_chains {
+        let m = c.filter_chain_match.clone().unwrap_or_default();
+        assert!(!seen.contains(&m), "{}: duplicate match {m:?}", c.name);
+        seen.push(m);
+    }
+}
+
 fn has_tls_inspector(l: &Listener) -> bool {
     l.listener_filters
         .iter()
@@ -119,6 +129,7 @@ fn has_tls_inspector(l: &Listener) -> bool {
 fn strict_requires_mtls_everywhere() {
     let snap = snapshot_from_yaml(&pa("  mtls: {mode: STRICT}"));
     let l = virtual_inbound(&snap, true);
+    assert_unique_matches(&l);
     assert_eq!(
         chains_of_port(&l, 8080),
         [s("0.0.0.0_8080", 8080, "tls", &[], true)]
@@ -186,6 +197,7 @@ fn permissive_accepts_both() {
     // No policy at all is PERMISSIVE.
     let snap = snapshot_from_yaml(MESH);
     let l = virtual_inbound(&snap, true);
+    assert_unique_matches(&l);
     assert_eq!(
         chains_of_port(&l, 8080),
         [
@@ -243,6 +255,7 @@ fn port_level_modes() {
         pa("  mtls: {mode: STRICT}")
     ));
     let l = virtual_inbound(&snap, true);
+    assert_unique_matches(&l);
     assert_eq!(
         chains_of_port(&l, 8080),
         [s("0.0.0.0_8080", 8080, "", &[], false)]
