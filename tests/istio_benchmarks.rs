@@ -2,14 +2,15 @@
 //! `pilot/pkg/networking/core/testdata/benchmarks`) through rudder into real Envoy 1.40.
 //!
 //! Each template is rendered at `Services=10` (`Instances=10`) with the Go-template subset renderer
-//! (`test_helpers::gotmpl`), written into a config directory next to the two proxies istiod's benchmark assumes —
-//! a sidecar at 1.1.1.1 and a gateway, both labelled `istio.io/benchmark: "true"` — and served by the whole
-//! control plane (`app::build`). A real sidecar Envoy and a real gateway Envoy must then ACK every type (no NACK in
-//! rudder's xDS registry) and show every listener, cluster, route configuration and load assignment rudder sent
-//! as active in their `/config_dump`.
+//! (`test_helpers::gotmpl`) and served by the whole control plane (`app::build` over a config directory) to the
+//! proxy istiod's benchmark assumes: a workload at 1.1.1.1 labelled `istio.io/benchmark: "true"` — once as a
+//! sidecar, once as a gateway (two runs, as the benchmark's proxy is one or the other). A real Envoy must then ACK
+//! every type (no NACK in rudder's xDS registry) and show every listener, cluster, route configuration and load
+//! assignment rudder sent as active in its `/config_dump`.
 //!
-//! The gateway binds its Gateway servers' ports for real (80, 443, 8081: the tests run as root, as CI does); a port
-//! that cannot be bound here is moved to a free one in the Gateway objects only, so the config stays the template's.
+//! The gateway binds its listeners for real (80, 8080, 8081: the tests run as root, as CI does). Where the
+//! template gives the gateway workload a Service (knative's `istio-ingressgateway` 80 → 8080), the listener binds
+//! the target port, as istiod's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use rudder::test_helpers::envoy::{
     ADMIN_TIMEOUT, AdsApi, Dumped, Envoy, bootstrap, dynamic_resources,
 };
 use rudder::test_helpers::gotmpl;
-use rudder::test_helpers::mesh::{free_port, start_rudder};
+use rudder::test_helpers::mesh::start_rudder;
 use rudder::xds::Registry;
 use rudder::xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
@@ -31,9 +32,9 @@ use rudder::xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 static ENVOY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const SIDECAR_POD: &str = "benchmark-sidecar";
-const SIDECAR_IP: &str = "1.1.1.1";
 const GATEWAY_POD: &str = "benchmark-gateway";
-const GATEWAY_IP: &str = "127.0.0.2";
+/// The benchmark proxy's address (its ServiceEntries list it as an endpoint).
+const PROXY_IP: &str = "1.1.1.1";
 
 /// The templates, as in istiod's benchmark directory.
 const TEMPLATES: [&str; 16] = [
@@ -81,23 +82,21 @@ fn rendered(file: &str) -> String {
     out
 }
 
-/// The two proxies istiod's benchmark simulates.
-fn proxies() -> String {
+/// The benchmark's proxy as a Pod: the sidecar in `default`, or the gateway in `istio-system`.
+fn proxy_pod(router: bool) -> String {
+    let (name, ns) = if router {
+        (GATEWAY_POD, "istio-system")
+    } else {
+        (SIDECAR_POD, "default")
+    };
     format!(
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {{name: {SIDECAR_POD}, namespace: default, labels: {{istio.io/benchmark: "true", app: benchmark}}}}
-spec:
-  containers: [{{name: app}}]
-status: {{phase: Running, podIP: {SIDECAR_IP}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {GATEWAY_POD}, namespace: istio-system, labels: {{istio.io/benchmark: "true"}}}}
+metadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/benchmark: "true"}}}}
 spec:
   containers: [{{name: istio-proxy}}]
-status: {{phase: Running, podIP: {GATEWAY_IP}}}
+status: {{phase: Running, podIP: {PROXY_IP}}}
 "#
     )
 }
@@ -125,37 +124,6 @@ fn load(file: &str, yaml: &str) -> (Vec<Object>, Vec<String>) {
         }
     }
     (objects, skipped)
-}
-
-/// Moves Gateway server ports that cannot be bound here (not root, or taken) to free ones. Returns the YAML and
-/// the port map (template port → bound port).
-fn bindable_gateway_ports(yaml: &str) -> (String, BTreeMap<u32, u32>) {
-    let number = regex::Regex::new(r"number: (\d+)").unwrap();
-    let mut map = BTreeMap::new();
-    let docs: Vec<String> = yaml
-        .split("\n---")
-        .map(|doc| {
-            let is_gateway =
-                doc.contains("kind: Gateway") && doc.contains("apiVersion: networking.istio.io");
-            if !is_gateway {
-                return doc.to_owned();
-            }
-            number
-                .replace_all(doc, |c: &regex::Captures| {
-                    let port: u32 = c[1].parse().unwrap();
-                    let to = *map.entry(port).or_insert_with(|| {
-                        if std::net::TcpListener::bind(("0.0.0.0", port as u16)).is_ok() {
-                            port
-                        } else {
-                            u32::from(free_port())
-                        }
-                    });
-                    format!("number: {to}")
-                })
-                .into_owned()
-        })
-        .collect();
-    (docs.join("\n---"), map)
 }
 
 #[test]
@@ -298,55 +266,54 @@ fn names<'a>(dumped: &'a [Dumped], kind: &str) -> BTreeSet<&'a str> {
 struct Served {
     sidecar: Vec<Dumped>,
     gateway: Vec<Dumped>,
-    ports: BTreeMap<u32, u32>,
 }
 
-async fn serve(file: &str) -> Served {
-    let (yaml, ports) = bindable_gateway_ports(&rendered(file));
+/// Serves `file` to the benchmark proxy as a sidecar or a gateway; returns what Envoy holds once everything is
+/// ACKed and active.
+async fn serve_as(file: &str, router: bool) -> Vec<Dumped> {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("proxies.yaml"), proxies()).unwrap();
-    std::fs::write(dir.path().join(file), yaml).unwrap();
+    std::fs::write(dir.path().join("proxy.yaml"), proxy_pod(router)).unwrap();
+    std::fs::write(dir.path().join(file), rendered(file)).unwrap();
     let bound = start_rudder(dir.path()).await;
     let registry = bound.xds_registry.clone().unwrap();
-    let xds = bound.xds_addr.unwrap();
-    let sidecar = Envoy::start(&bootstrap(
-        &format!("sidecar~{SIDECAR_IP}~{SIDECAR_POD}.default~default.svc.cluster.local"),
-        "benchmark.default",
-        xds,
-        AdsApi::DeltaGrpc,
-    ))
-    .await;
-    let gateway = Envoy::start(&bootstrap(
-        &format!("router~{GATEWAY_IP}~{GATEWAY_POD}.istio-system~istio-system.svc.cluster.local"),
-        "benchmark-gateway.istio-system",
-        xds,
-        AdsApi::Grpc,
-    ))
-    .await;
-    let label = format!("{file} sidecar");
-    let sent = wait_all_acked(&registry, SIDECAR_POD, &label).await;
-    let side = wait_active(&sidecar, &sent, &label).await;
-    let label = format!("{file} gateway");
-    let sent = wait_all_acked(&registry, GATEWAY_POD, &label).await;
-    let gw = wait_active(&gateway, &sent, &label).await;
-    // Still no NACK anywhere after both settled.
+    let (node, cluster, pod, api) = if router {
+        (
+            format!("router~{PROXY_IP}~{GATEWAY_POD}.istio-system~istio-system.svc.cluster.local"),
+            "benchmark-gateway.istio-system",
+            GATEWAY_POD,
+            AdsApi::Grpc,
+        )
+    } else {
+        (
+            format!("sidecar~{PROXY_IP}~{SIDECAR_POD}.default~default.svc.cluster.local"),
+            "benchmark.default",
+            SIDECAR_POD,
+            AdsApi::DeltaGrpc,
+        )
+    };
+    let envoy = Envoy::start(&bootstrap(&node, cluster, bound.xds_addr.unwrap(), api)).await;
+    let label = format!("{file} {pod}");
+    let sent = wait_all_acked(&registry, pod, &label).await;
+    let dumped = wait_active(&envoy, &sent, &label).await;
+    // Still no NACK once everything settled.
     for c in registry.connections() {
         for (ty, t) in &c.types {
             assert!(
                 t.last_nack.is_none(),
-                "{file}: {} NACKed {ty}: {:#?}",
-                c.proxy.id.pod,
+                "{label} NACKed {ty}: {:#?}",
                 t.last_nack
             );
         }
     }
-    drop(sidecar);
-    drop(gateway);
+    drop(envoy);
     bound.shutdown().await;
+    dumped
+}
+
+async fn serve(file: &str) -> Served {
     Served {
-        sidecar: side,
-        gateway: gw,
-        ports,
+        sidecar: serve_as(file, false).await,
+        gateway: serve_as(file, true).await,
     }
 }
 
@@ -378,13 +345,12 @@ async fn real_envoys_accept_every_benchmark_template() {
             assert!(side_clusters.contains(always), "{file}: {side_clusters:?}");
         }
         assert!(!gw_clusters.is_empty(), "{file}: gateway has no clusters");
-        let port = |p: u32| served.ports.get(&p).copied().unwrap_or(p);
-        check_template(file, &served, port);
+        check_template(file, &served);
     }
 }
 
 /// The resources each template implies.
-fn check_template(file: &str, s: &Served, port: impl Fn(u32) -> u32) {
+fn check_template(file: &str, s: &Served) {
     let side_l = names(&s.sidecar, "listener");
     let side_c = names(&s.sidecar, "cluster");
     let side_r = names(&s.sidecar, "route");
@@ -429,18 +395,19 @@ fn check_template(file: &str, s: &Served, port: impl Fn(u32) -> u32) {
             }
         }
         "gateways.yaml" | "gateways-shared.yaml" => {
-            let l80 = format!("0.0.0.0_{}", port(80));
-            assert!(has(&gw_l, &l80), "{file}: {gw_l:?}");
-            let r80 = format!("http.{}", port(80));
-            assert!(has(&gw_r, &r80), "{file}: {gw_r:?}");
+            // The HTTPS servers (ISTIO_MUTUAL) need gateway TLS termination: skipped with a warning for now.
+            assert_eq!(gw_l, BTreeSet::from(["0.0.0.0_80"]), "{file}");
+            assert_eq!(gw_r, BTreeSet::from(["http.80"]), "{file}");
         }
         "knative-gateway.yaml" => {
-            for p in [80, 8081] {
-                let l = format!("0.0.0.0_{}", port(p));
-                assert!(has(&gw_l, &l), "{file}: {gw_l:?}");
-                let r = format!("http.{}", port(p));
-                assert!(has(&gw_r, &r), "{file}: {gw_r:?}");
-            }
+            // The server on 80 is served on the gateway Services' target ports (istio-ingressgateway 80 → 8080,
+            // knative-local-gateway 80 → 8081); the server on 8081 has no Service port and binds 8081 itself.
+            assert_eq!(
+                gw_l,
+                BTreeSet::from(["0.0.0.0_8080", "0.0.0.0_8081"]),
+                "{file}"
+            );
+            assert_eq!(gw_r, BTreeSet::from(["http.8080", "http.8081"]), "{file}");
         }
         _ => {}
     }

@@ -197,6 +197,32 @@ impl<'a> ProxyScope<'a> {
             .collect()
     }
 
+    /// The ports a gateway listens on for a Gateway server port, as istiod's `resolvePorts`: the target ports of
+    /// this proxy's own service instances on that service port (the `istio-ingressgateway` Service maps 80 to
+    /// 8080, so a server on 80 is served on 8080), else the server port itself.
+    pub fn gateway_ports(&self, server_port: u16) -> Vec<u16> {
+        let ip = self
+            .workload
+            .as_ref()
+            .map_or(self.meta.ip.as_str(), |w| w.ip.as_str());
+        let registry = &self.snapshot.registry;
+        let mut ports: Vec<u16> = registry
+            .services()
+            .iter()
+            .filter(|s| s.ports.iter().any(|p| p.port == server_port))
+            .flat_map(|s| registry.endpoints(s, server_port))
+            .filter(|e| e.address == ip)
+            .map(|e| e.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.is_empty() {
+            vec![server_port]
+        } else {
+            ports
+        }
+    }
+
     /// The DestinationRule for `hostname` as istiod picks it: the proxy's namespace first, then the service's
     /// namespace, then the root namespace; within a namespace the most specific host wins (exact, then the
     /// longest wildcard).

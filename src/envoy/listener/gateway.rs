@@ -1,5 +1,6 @@
 //! Gateway listeners: every server port of the Gateways selecting a router becomes one bound listener
-//! `0.0.0.0_<port>`, merged across Gateways. HTTP servers get an HTTP connection manager on RDS `http.<port>`;
+//! `0.0.0.0_<port>`, merged across Gateways. As istiod, the port bound is the target port of the router's own
+//! Service on the server port when there is one (`istio-ingressgateway` 80 → 8080 gives `0.0.0.0_8080`). HTTP servers get an HTTP connection manager on RDS `http.<port>`;
 //! TLS PASSTHROUGH and TCP servers get chains from the VirtualServices bound to their Gateway. Terminated TLS
 //! (SIMPLE, MUTUAL …) needs certificates over SDS and is skipped for now.
 
@@ -33,6 +34,9 @@ struct GatewayServer<'a> {
     index: usize,
     server: &'a Server,
     kind: ServerKind,
+    /// The server's own port number (what VirtualService matches and default destination ports refer to); the
+    /// listener may bind another one (`ProxyScope::gateway_ports`).
+    port: u16,
 }
 
 impl GatewayServer<'_> {
@@ -69,12 +73,15 @@ pub fn gateway_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
     for gateway in &gateways {
         for (index, server) in gateway.spec.servers.iter().enumerate() {
             if let Some((port, kind)) = classify(gateway, index, server) {
-                by_port.entry(port).or_default().push(GatewayServer {
-                    gateway,
-                    index,
-                    server,
-                    kind,
-                });
+                for bind in scope.gateway_ports(port) {
+                    by_port.entry(bind).or_default().push(GatewayServer {
+                        gateway,
+                        index,
+                        server,
+                        kind,
+                        port,
+                    });
+                }
             }
         }
     }
@@ -184,9 +191,9 @@ fn port_listener(
                 let hosts = s.hosts();
                 for vs in scope.gateway_virtual_services(s.namespace(), s.name()) {
                     let chains = if kind == ServerKind::Tcp {
-                        tcp_route_chains(scope, &vs, port, binding)
+                        tcp_route_chains(scope, &vs, s.port, binding)
                     } else {
-                        tls_route_chains(scope, &vs, port, binding, &hosts)
+                        tls_route_chains(scope, &vs, s.port, binding, &hosts)
                     };
                     for chain in chains {
                         push_chain(&mut l, chain, &name);

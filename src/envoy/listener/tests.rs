@@ -783,11 +783,12 @@ fn book_example_listeners_keep_envoys_invariants() {
             }
         }
     }
-    // The gateway serves the book's two Gateways (both on port 80) from one listener.
+    // The gateway serves the book's two Gateways (both on port 80) from one listener, bound on the target port
+    // of its Service (istio-ingressgateway 80 → 8080), as istiod does.
     let gw = listeners(scopes.last().unwrap());
     assert_eq!(
         gw.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
-        ["0.0.0.0_80"]
+        ["0.0.0.0_8080"]
     );
     assert_eq!(config_refs(gw[0].metadata.as_ref()).len(), 2);
 }

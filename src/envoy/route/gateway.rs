@@ -1,4 +1,5 @@
-//! Gateway route configurations: `http.<port>` per plain-HTTP server port of the Gateways selecting the router.
+//! Gateway route configurations: `http.<port>` per plain-HTTP listener port of the Gateways selecting the router
+//! (the server port, or the target port of the router's own Service on it, as the listener binds).
 //!
 //! For each server host (`ns/host`, namespace `*` by default, `.` = the Gateway's namespace) and each
 //! VirtualService bound to the Gateway whose namespace the server admits, every VS host intersecting the server
@@ -24,7 +25,9 @@ use crate::model::service::Protocol;
 pub fn route_configs(scope: &ProxyScope<'_>) -> Vec<RouteConfiguration> {
     let mut gateways = scope.gateways();
     gateways.sort_by_key(key_of);
-    let mut by_port: BTreeMap<u16, Vec<(&Istio<GatewaySpec>, &Server)>> = BTreeMap::new();
+    // Keyed by the port the listener binds (`http.<bound port>`, as istiod); each server keeps its own port for
+    // vhost names, domains and VirtualService port matches, which see the port clients addressed.
+    let mut by_port: BTreeMap<u16, Vec<(&Istio<GatewaySpec>, &Server, u16)>> = BTreeMap::new();
     for gw in &gateways {
         for server in &gw.spec.servers {
             let Some(port) = server.port.as_ref() else {
@@ -42,7 +45,9 @@ pub fn route_configs(scope: &ProxyScope<'_>) -> Vec<RouteConfiguration> {
                 );
                 continue;
             };
-            by_port.entry(number).or_default().push((gw, server));
+            for bind in scope.gateway_ports(number) {
+                by_port.entry(bind).or_default().push((gw, server, number));
+            }
         }
     }
     by_port
@@ -53,12 +58,12 @@ pub fn route_configs(scope: &ProxyScope<'_>) -> Vec<RouteConfiguration> {
 
 fn route_config(
     scope: &ProxyScope<'_>,
-    port: u16,
-    servers: &[(&Istio<GatewaySpec>, &Server)],
+    bound_port: u16,
+    servers: &[(&Istio<GatewaySpec>, &Server, u16)],
 ) -> RouteConfiguration {
     let mut seen_domains = BTreeSet::new();
     let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
-    for (gw, server) in servers {
+    for &(gw, server, port) in servers {
         let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
         let gw_name = gw.metadata.name.as_deref().unwrap_or_default();
         let ctx = Ctx {
@@ -128,7 +133,7 @@ fn route_config(
         }
     }
     RouteConfiguration {
-        name: gateway_route(port),
+        name: gateway_route(bound_port),
         virtual_hosts: vhosts.into_values().collect(),
         validate_clusters: bool_value(false),
         ..Default::default()

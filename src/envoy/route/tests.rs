@@ -1340,3 +1340,62 @@ spec:
             .all(|r| !r.name.starts_with("http."))
     );
 }
+
+/// istiod's gateway port translation: a Gateway server on 80 is served on the target port of the router's own
+/// Service (the stock `istio-ingressgateway` maps 80 → 8080, and its container listens on 8080): listener
+/// `0.0.0.0_8080`, routes `http.8080`, while vhosts keep the port clients address (`:80`). A server port without
+/// such a Service port binds as written.
+#[test]
+fn gateway_servers_bind_the_target_port_of_the_gateway_service() {
+    let snap = snapshot_from_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: gw-1, namespace: istio-system, labels: {istio: ingressgateway}}
+spec:
+  containers: [{name: istio-proxy, ports: [{name: http2, containerPort: 8080}]}]
+status: {phase: Running, podIP: 10.0.0.9}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.99
+  selector: {istio: ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [shop.example.io]
+  - port: {number: 9000, name: http-admin, protocol: HTTP}
+    hosts: [admin.example.io]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: shop}
+spec:
+  hosts: [shop.example.io, admin.example.io]
+  gateways: [edge]
+  http:
+  - directResponse: {status: 200}
+"#,
+    );
+    let scope = router(&snap, "istio-system", "gw-1", &[]);
+    assert_eq!(scope.gateway_ports(80), [8080]);
+    assert_eq!(scope.gateway_ports(9000), [9000]);
+    let listeners: Vec<String> = crate::envoy::listener::listeners(&scope)
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(listeners, ["0.0.0.0_8080", "0.0.0.0_9000"]);
+    let rcs = route_configs(&scope);
+    let names: Vec<&str> = rcs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["http.8080", "http.9000"]);
+    let vh = vhost(config(&rcs, "http.8080"), "shop.example.io:80");
+    assert_eq!(vh.domains, ["shop.example.io", "shop.example.io:80"]);
+}
