@@ -21,13 +21,16 @@ use crate::envoy::names::{gateway_route, virtual_host};
 use crate::model::proxy::{Istio, ProxyScope, host_match_rank};
 use crate::model::service::Protocol;
 
+/// A Gateway server with its own port number.
+type ServerAt<'a> = (&'a Istio<GatewaySpec>, &'a Server, u16);
+
 /// Every gateway route configuration of a router.
 pub fn route_configs(scope: &ProxyScope<'_>) -> Vec<RouteConfiguration> {
     let mut gateways = scope.gateways();
     gateways.sort_by_key(key_of);
     // Keyed by the port the listener binds (`http.<bound port>`, as istiod); each server keeps its own port for
     // vhost names, domains and VirtualService port matches, which see the port clients addressed.
-    let mut by_port: BTreeMap<u16, Vec<(&Istio<GatewaySpec>, &Server, u16)>> = BTreeMap::new();
+    let mut by_port: BTreeMap<u16, Vec<ServerAt<'_>>> = BTreeMap::new();
     for gw in &gateways {
         for server in &gw.spec.servers {
             let Some(port) = server.port.as_ref() else {
@@ -59,7 +62,7 @@ pub fn route_configs(scope: &ProxyScope<'_>) -> Vec<RouteConfiguration> {
 fn route_config(
     scope: &ProxyScope<'_>,
     bound_port: u16,
-    servers: &[(&Istio<GatewaySpec>, &Server, u16)],
+    servers: &[ServerAt<'_>],
 ) -> RouteConfiguration {
     let mut seen_domains = BTreeSet::new();
     let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
