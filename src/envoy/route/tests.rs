@@ -953,6 +953,35 @@ fn delegate_rules_inherit_what_they_leave_unset_from_the_root() {
 }
 
 #[test]
+fn a_delegate_must_be_exported_to_the_root_namespace() {
+    let root = |name: &str, delegate_ns: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n  - delegate: {{name: child, namespace: {delegate_ns}}}\n"
+        )
+    };
+    let child = |ns: &str, export: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: child, namespace: {ns}}}\nspec:\n  exportTo: [{export}]\n  http:\n  - route: [{{destination: {{host: reviews.shop.svc.cluster.local, subset: {ns}}}}}]\n"
+        )
+    };
+    // Exported to "." of another namespace: not usable from shop; exported to shop: used.
+    for (export, used) in [("\".\"", false), ("shop", true), ("\"*\"", true)] {
+        let snap = with(&format!(
+            "{}\n---\n{}",
+            root("root", "teams"),
+            child("teams", export)
+        ));
+        let routes = routes_of(&snap, 9080, REVIEWS);
+        let clusters: Vec<&str> = routes.iter().map(cluster).collect();
+        assert_eq!(
+            clusters.contains(&"outbound|9080|teams|reviews.shop.svc.cluster.local"),
+            used,
+            "exportTo {export}: {clusters:?}"
+        );
+    }
+}
+
+#[test]
 fn delegate_rules_conflicting_with_the_root_are_dropped_as_istiod_does() {
     let snap = unvalidated(&format!(
         "{}\n---\n{}",

@@ -208,6 +208,12 @@ fn expand(
             );
             continue;
         };
+        if !exported_to(&d.spec.export_to, snapshot, d_ns, ns) {
+            tracing::warn!(
+                "VirtualService {origin}: delegate {d_ns}/{d_name} is not exported to namespace {ns}; rule skipped"
+            );
+            continue;
+        }
         if !d.spec.hosts.is_empty() {
             tracing::warn!(
                 "VirtualService {origin}: delegate {d_ns}/{d_name} has hosts, which delegates must not; rule skipped"
@@ -239,6 +245,23 @@ fn expand(
         }
     }
     out
+}
+
+/// Whether a delegate in `own_ns` with `export_to` (else the mesh's `defaultVirtualServiceExportTo`) may be used
+/// by a root VirtualService in `root_ns`, as istiod checks before merging.
+fn exported_to(export_to: &[String], snapshot: &Snapshot, own_ns: &str, root_ns: &str) -> bool {
+    let list = if export_to.is_empty() {
+        &snapshot.mesh.default_virtual_service_export_to
+    } else {
+        export_to
+    };
+    list.is_empty()
+        || list.iter().any(|e| match e.as_str() {
+            "*" => true,
+            "." => own_ns == root_ns,
+            "~" => false,
+            other => other == root_ns,
+        })
 }
 
 /// Root × delegate matches, as istiod's `mergeHTTPMatchRequests`: every delegate match must fit at least one root
