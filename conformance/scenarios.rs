@@ -624,9 +624,6 @@ spec:
 /// it (today's default) the gateway would already speak mTLS and the 503 would never show, so this scenario
 /// runs with `enableAutoMtls: false` in the `istio` ConfigMap and restores it afterwards.
 fn s15(mesh: &mut Mesh) -> Result<String, String> {
-    if !crate::mesh::identity_enabled() {
-        return Err("needs identity (RUDDER_CONFORMANCE_IDENTITY=off)".into());
-    }
     mesh.apply_book("chapter-7/fruits-api.yml")?;
     mesh.apply_book("chapter-7/fruits-api-vs-gw.yml")?;
     mesh.set_auto_mtls(false)?;
@@ -728,9 +725,6 @@ const SLEEP_SPIFFE: &str = "spiffe://cluster.local/ns/mtls-demo/sa/sleep";
 /// Applies the mTLS workloads (a no-op when they run) and a `PeerAuthentication` YAML (or none), then returns
 /// the sidecar client and the plaintext client.
 fn mtls_setup(mesh: &mut Mesh, policy: Option<&str>) -> Result<(Pod, Pod), String> {
-    if !crate::mesh::identity_enabled() {
-        return Err("needs identity (RUDDER_CONFORMANCE_IDENTITY=off)".into());
-    }
     mesh.apply_yaml(MTLS_FIXTURES)?;
     for name in ["mtls-default", "echo-ports"] {
         mesh.delete("PeerAuthentication", MTLS_NS, name)?;
