@@ -609,3 +609,44 @@ async fn sotw_changed_cluster_gets_its_endpoints_again() {
     c.ack(&r, &["a", "b"]).await;
     c.expect_none(QUIET).await;
 }
+
+#[tokio::test]
+async fn delta_changed_cluster_gets_its_endpoints_again() {
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    let server = TestServer::start(rx).await;
+    let mut c = DeltaClient::connect(server.addr, &node_id("p1", "ns")).await;
+    c.subscribe(CLUSTER, &[]).await;
+    let r = c.recv().await;
+    c.ack(&r).await;
+    c.subscribe(ENDPOINT, &["a", "b"]).await;
+    let r = c.recv().await;
+    c.ack(&r).await;
+    c.expect_none(QUIET).await;
+    let mut g = base();
+    let mut changed =
+        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&cluster("a").bytes[..])
+            .unwrap();
+    changed.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 7,
+        nanos: 0,
+    });
+    g.set(std::sync::Arc::new(XdsResource::encode("a", &changed)));
+    g.set(cluster("new"));
+    publisher.publish(g, false);
+    let r = c.recv().await;
+    assert_eq!(
+        (r.type_url.as_str(), delta_names(&r)),
+        (CLUSTER, vec!["a".into(), "new".into()])
+    );
+    c.ack(&r).await;
+    // Only the changed cluster's endpoints come again, unchanged.
+    let r = c.recv().await;
+    assert_eq!(
+        (r.type_url.as_str(), delta_names(&r)),
+        (ENDPOINT, vec!["a".into()])
+    );
+    assert!(r.removed_resources.is_empty());
+    c.ack(&r).await;
+    c.expect_none(QUIET).await;
+}

@@ -198,21 +198,10 @@ impl TypeState {
         if self.status.wildcard {
             return Some(Chosen::All(set.clone()));
         }
-        // Merge the two name-sorted sequences instead of looking every resource up.
-        let mut out = Vec::with_capacity(self.status.names.len().min(set.len()));
-        let mut names = self.status.names.iter().peekable();
-        for r in set.items() {
-            while names.next_if(|n| n.as_str() < r.name.as_str()).is_some() {}
-            match names.peek() {
-                None => break,
-                Some(n) if n.as_str() == r.name.as_str() => out.push(r.clone()),
-                Some(_) => {}
-            }
-        }
-        // Subscribed to every resource of the set (the usual EDS case): share the set.
-        Some(match out.len() == set.len() {
-            true => Chosen::All(set.clone()),
-            false => Chosen::Some(out),
+        Some(match set.select(&self.status.names) {
+            // Subscribed to every resource of the set (the usual EDS case): share the set.
+            None => Chosen::All(set.clone()),
+            Some(list) => Chosen::Some(list),
         })
     }
 
@@ -527,7 +516,19 @@ impl Diff {
 }
 
 /// One merge pass over both name-sorted sequences (no lookups): this runs for every affected connection.
-pub(crate) fn diff(sent: &Held, chosen: &[Arc<XdsResource>]) -> Diff {
+/// From one whole set to another (the usual case) the difference is computed once per generation and shared.
+pub(crate) fn diff(sent: &Held, chosen: &Chosen) -> Diff {
+    if let (Some(earlier), Chosen::All(set)) = (sent.as_set(), chosen) {
+        if earlier.ptr_eq(set) {
+            return Diff::default();
+        }
+        let d = set.diff_from(earlier);
+        return Diff {
+            changed: d.changed.clone(),
+            removed: d.removed.clone(),
+        };
+    }
+    let chosen = chosen.as_slice();
     let mut d = Diff::default();
     let mut held = sent.versions().peekable();
     for r in chosen {
@@ -580,13 +581,48 @@ mod tests {
             ("gone".to_owned(), SentResource::Sent(res("gone", b"1"))),
             ("0".to_owned(), SentResource::Sent(res("0", b"1"))),
         ]);
-        let d = diff(&sent, &[a.clone(), b.clone(), c.clone()]);
+        let some = |v: Vec<Arc<XdsResource>>| Chosen::Some(v.into());
+        let d = diff(&sent, &some(vec![a.clone(), b.clone(), c.clone()]));
         let changed: Vec<&str> = d.changed.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(changed, ["b", "c"]);
         assert_eq!(d.removed, ["0", "gone"]);
         // Same content, other allocation: no change.
-        let d = diff(&sent, &[res("a", b"1")]);
+        let d = diff(&sent, &some(vec![res("a", b"1")]));
         assert!(d.changed.is_empty());
-        assert!(diff(&Held::default(), &[]).is_empty());
+        assert!(diff(&Held::default(), &some(vec![])).is_empty());
+    }
+
+    #[test]
+    fn set_to_set_diff_is_computed_once_and_shared() {
+        let (a, b, c) = (res("a", b"1"), res("b", b"1"), res("c", b"1"));
+        let old = ResourceSet::new(vec![a.clone(), b.clone()]);
+        let new = ResourceSet::new(vec![a.clone(), res("b", b"2"), c.clone()]);
+        let held = Held::exactly(Chosen::All(old.clone()));
+        let d = diff(&held, &Chosen::All(new.clone()));
+        let changed: Vec<&str> = d.changed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(changed, ["b", "c"]);
+        assert!(d.removed.is_empty());
+        assert!(Arc::ptr_eq(&new.diff_from(&old), &new.diff_from(&old)));
+        let back = diff(&Held::exactly(Chosen::All(new.clone())), &Chosen::All(old));
+        assert_eq!(back.removed, ["c"]);
+        assert!(diff(&held, &Chosen::All(new.clone())).changed.len() == 2);
+        // The general path agrees with the memoized one.
+        let general = diff(&held, &Chosen::Some(new.items().to_vec().into()));
+        assert_eq!(general.changed.len(), 2);
+        // Selections are memoized per shared name set; all names selected is the whole set.
+        let names = Arc::new(BTreeSet::from(["a".to_owned(), "c".to_owned()]));
+        let picked = new.select(&names).unwrap();
+        assert!(Arc::ptr_eq(&picked, &new.select(&names).unwrap()));
+        assert_eq!(
+            picked.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        let all = Arc::new(BTreeSet::from([
+            "a".into(),
+            "b".into(),
+            "c".into(),
+            "z".into(),
+        ]));
+        assert!(new.select(&all).is_none());
     }
 }

@@ -116,7 +116,7 @@ impl Flavor for Delta {
         let Diff {
             changed,
             mut removed,
-        } = diff(&ts.status.sent, chosen.as_slice());
+        } = diff(&ts.status.sent, &chosen);
         removed.extend(
             ts.newly_subscribed
                 .iter()
@@ -124,6 +124,16 @@ impl Flavor for Delta {
                 .cloned(),
         );
         ts.newly_subscribed.clear();
+        // Envoy re-warms a changed (not new) cluster and waits for its endpoints without subscribing again:
+        // forget that the client holds them, so the EDS build in this push (after CDS) sends them again.
+        let rewarmed: Vec<String> = match type_url == type_url::CLUSTER {
+            true => changed
+                .iter()
+                .filter(|r| ts.status.sent.contains_key(&r.name))
+                .map(|r| r.name.clone())
+                .collect(),
+            false => Vec::new(),
+        };
         // After this response (or with none owed) the client holds exactly what was chosen; sharing the
         // generation's set instead of a map per connection is most of what keeps many proxies cheap.
         ts.status.sent = Held::exactly(chosen);
@@ -155,6 +165,14 @@ impl Flavor for Delta {
             .chain(removed.iter().cloned())
             .collect();
         ts.record_sent(nonce, version, names, push);
+        if !rewarmed.is_empty()
+            && let Some(eds) = types.get_mut(type_url::ENDPOINT)
+        {
+            eds.status
+                .sent
+                .retain(|n| rewarmed.binary_search_by(|r| r.as_str().cmp(n)).is_err());
+            eds.must_respond = true;
+        }
         shared.metrics.count_push(type_url);
         Some(resp)
     }

@@ -72,8 +72,16 @@ impl Held {
     pub(crate) fn exactly(chosen: Chosen) -> Held {
         Held(match chosen {
             Chosen::All(set) => HeldRepr::Set(set),
-            Chosen::Some(list) => HeldRepr::List(list.into()),
+            Chosen::Some(list) => HeldRepr::List(list),
         })
+    }
+
+    /// The whole set held, when that is what is held.
+    pub(crate) fn as_set(&self) -> Option<&ResourceSet> {
+        match &self.0 {
+            HeldRepr::Set(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Number of resources held.
@@ -172,7 +180,7 @@ fn find<'a>(list: &'a [Arc<XdsResource>], name: &str) -> Option<&'a Arc<XdsResou
 #[derive(Clone, Debug)]
 pub(crate) enum Chosen {
     All(ResourceSet),
-    Some(Vec<Arc<XdsResource>>),
+    Some(Arc<[Arc<XdsResource>]>),
 }
 
 impl Chosen {

@@ -3,6 +3,7 @@
 //! A resource is encoded once and hashed once ([`XdsResource::encode`]); generators return `Arc`s so a resource
 //! identical for many proxies is shared by every connection that sends it within a generation.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,6 +118,34 @@ pub struct ResourceSet {
 struct SetInner {
     items: Vec<Arc<XdsResource>>,
     digest: u64,
+    memo: Memo,
+}
+
+/// Work that every proxy of a view would otherwise repeat on the same set: its selection for a
+/// subscription, and its difference from the set a proxy held before. The first stream computes, the
+/// others (often thousands) reuse: a push to an unchanged subscription then costs O(changes), not O(set).
+#[derive(Default)]
+struct Memo {
+    /// Selections by (shared) subscribed-name set; `None` is the whole set.
+    selections: parking_lot::Mutex<Vec<(Arc<BTreeSet<String>>, Option<Arc<[Arc<XdsResource>]>>)>>,
+    /// Differences from earlier sets, by their digest (which fixes their names and versions).
+    diffs: parking_lot::Mutex<Vec<(u64, Arc<SetDiff>)>>,
+}
+
+/// Memo entries kept per kind: a set lives one generation, and proxies of one view share subscriptions.
+const MEMO_LIMIT: usize = 32;
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memo").finish_non_exhaustive()
+    }
+}
+
+/// How one set differs from an earlier one: resources new or at another version, and names gone.
+#[derive(Debug, Default)]
+pub struct SetDiff {
+    pub changed: Vec<Arc<XdsResource>>,
+    pub removed: Vec<String>,
 }
 
 impl ResourceSet {
@@ -135,6 +164,7 @@ impl ResourceSet {
             inner: Arc::new(SetInner {
                 items,
                 digest: h.digest(),
+                memo: Memo::default(),
             }),
         }
     }
@@ -166,6 +196,64 @@ impl ResourceSet {
     /// No resources.
     pub fn is_empty(&self) -> bool {
         self.inner.items.is_empty()
+    }
+
+    /// Whether both are the same allocation (not just equal).
+    pub fn ptr_eq(&self, other: &ResourceSet) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The resources named in `names` (name-sorted), or `None` when that is every resource of the set.
+    /// Memoized per name set, so streams sharing a subscription merge it once per generation.
+    pub fn select(&self, names: &Arc<BTreeSet<String>>) -> Option<Arc<[Arc<XdsResource>]>> {
+        let memo = &self.inner.memo.selections;
+        if let Some((_, chosen)) = memo.lock().iter().find(|(n, _)| Arc::ptr_eq(n, names)) {
+            return chosen.clone();
+        }
+        // Merge the two name-sorted sequences instead of looking every resource up.
+        let mut out = Vec::with_capacity(names.len().min(self.len()));
+        let mut wanted = names.iter().peekable();
+        for r in self.items() {
+            while wanted.next_if(|n| n.as_str() < r.name.as_str()).is_some() {}
+            match wanted.peek() {
+                None => break,
+                Some(n) if n.as_str() == r.name.as_str() => out.push(r.clone()),
+                Some(_) => {}
+            }
+        }
+        let chosen = (out.len() != self.len()).then(|| Arc::from(out));
+        let mut memo = memo.lock();
+        if memo.len() < MEMO_LIMIT {
+            memo.push((names.clone(), chosen.clone()));
+        }
+        chosen
+    }
+
+    /// What changed from `earlier` to this set. Memoized by `earlier`'s digest.
+    pub fn diff_from(&self, earlier: &ResourceSet) -> Arc<SetDiff> {
+        let memo = &self.inner.memo.diffs;
+        let key = earlier.digest();
+        if let Some((_, d)) = memo.lock().iter().find(|(k, _)| *k == key) {
+            return d.clone();
+        }
+        let mut d = SetDiff::default();
+        let mut held = earlier.items().iter().peekable();
+        for r in self.items() {
+            while let Some(old) = held.next_if(|o| o.name < r.name) {
+                d.removed.push(old.name.clone());
+            }
+            match held.next_if(|o| o.name == r.name) {
+                Some(old) if old.version == r.version => {}
+                _ => d.changed.push(r.clone()),
+            }
+        }
+        d.removed.extend(held.map(|o| o.name.clone()));
+        let d = Arc::new(d);
+        let mut memo = memo.lock();
+        if memo.len() < MEMO_LIMIT {
+            memo.push((key, d.clone()));
+        }
+        d
     }
 }
 

@@ -98,7 +98,7 @@ impl Flavor for Sotw {
         } = conn;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
-        let changes = diff(&ts.status.sent, chosen.as_slice());
+        let changes = diff(&ts.status.sent, &chosen);
         // A changed (not new) cluster is what Envoy re-warms; see below.
         let rewarms = type_url == type_url::CLUSTER
             && changes
