@@ -2,7 +2,11 @@
 //!
 //! Measures, per change, the time from publishing a generation to each affected client having received and
 //! ACKed it (p50/p99/max over clients), for a config change (one cluster + the route table) and an
-//! endpoint-only change, plus the initial sync and the process's peak RSS.
+//! endpoint-only change, plus the initial sync and the server's peak RSS.
+//!
+//! The server runs in a child process (this binary with `--serve`), so its peak RSS is the server's alone and
+//! not the fake clients'; the parent drives it over stdin (`config <epoch>`, `eds <service> <epoch>`), and the
+//! child answers each with the published generation. Latency counts from the moment the parent asks.
 //!
 //! `cargo bench --bench xds_scale -- --clients 100 --rounds 5` (defaults: 100 clients, 5 rounds).
 
@@ -22,6 +26,8 @@ use rudder::test_helpers::xds_fixtures::{
 };
 use rudder::xds::XdsResource;
 use rudder::xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 
 const SERVICES: usize = 1_000;
@@ -98,8 +104,16 @@ fn mesh(epoch: u16) -> StaticGenerator {
 type Event = (usize, String, u64, Instant);
 
 /// A fake Envoy: wildcard CDS/LDS, EDS for every cluster it learns, RDS "80"; ACKs everything at once.
-async fn client(idx: usize, addr: SocketAddr, events: mpsc::Sender<Event>) {
+async fn client(
+    idx: usize,
+    addr: SocketAddr,
+    events: mpsc::Sender<Event>,
+    connecting: Arc<tokio::sync::Semaphore>,
+) {
+    // Connect a few hundred at a time, as a fleet of Envoys would: the listen backlog is 1,024.
+    let permit = connecting.acquire_owned().await.unwrap();
     let mut c = DeltaClient::connect(addr, &node_id(&format!("bench-{idx}"), "bench")).await;
+    drop(permit);
     c.subscribe(CLUSTER, &[]).await;
     c.subscribe(LISTENER, &[]).await;
     let mut rds = false;
@@ -169,11 +183,16 @@ fn report(name: &str, rounds: &[Vec<Duration>]) {
     );
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A memory figure of `/proc/<pid>/status` (e.g. `VmHWM:` peak, `VmRSS:` now), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
@@ -189,57 +208,166 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The server side: publishes the mesh, serves ADS, and applies the parent's changes.
+async fn serve() {
+    let (mut publisher, rx) = Publisher::new();
+    let t_build = Instant::now();
+    let mut g = mesh(0);
+    let v = publisher.publish(g.clone(), false);
+    let server = TestServer::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), rx, 64).await;
+    println!("addr {} {v} {:?}", server.addr, t_build.elapsed());
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<usize> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let v = match (line.split_whitespace().next(), words.as_slice()) {
+            (Some("config"), [epoch]) => {
+                // Config change: one new cluster and the route table.
+                g.set(cluster(&format!("{}-x{epoch}", svc(0))));
+                g.set(route_table(&format!("epoch-{epoch}")));
+                publisher.publish(g.clone(), false)
+            }
+            (Some("eds"), [i, epoch]) => {
+                g.set(endpoints(&svc(*i), &eps(*i, *epoch as u16)));
+                publisher.publish(g.clone(), true)
+            }
+            (Some("stats"), []) => {
+                let m = &server.metrics;
+                println!(
+                    "stats push_time mean {:.2?} max {:.2?} ({} pushes); convergence mean {:.2?} max {:.2?}",
+                    m.push_time.sum() / m.push_time.count().max(1) as u32,
+                    m.push_time.max(),
+                    m.push_time.count(),
+                    m.convergence.sum() / m.convergence.count().max(1) as u32,
+                    m.convergence.max(),
+                );
+                continue;
+            }
+            _ => panic!("bad command {line:?}"),
+        };
+        println!("v {v}");
+    }
+}
+
+/// The parent's handle on the server process.
+struct ServerProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl ServerProc {
+    async fn send(&mut self, command: &str) -> String {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+        loop {
+            let line = self
+                .stdout
+                .next_line()
+                .await
+                .unwrap()
+                .expect("server answers");
+            if line.starts_with("v ") || line.starts_with("stats ") {
+                return line;
+            }
+        }
+    }
+
+    async fn publish(&mut self, command: &str) -> u64 {
+        let line = self.send(command).await;
+        line.strip_prefix("v ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad answer {line:?}"))
+    }
+}
+
 fn main() {
-    let clients = arg("--clients", 100);
-    let rounds = arg("--rounds", 5);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    if std::env::args().any(|a| a == "--serve") {
+        rt.block_on(serve());
+        return;
+    }
+    let clients = arg("--clients", 100);
+    let rounds = arg("--rounds", 5);
     rt.block_on(async move {
-        let (mut publisher, rx) = Publisher::new();
-        let t_build = Instant::now();
-        let mut v = publisher.publish(mesh(0), false);
-        println!("xds_scale: {SERVICES} services, {clients} delta clients, {rounds} rounds (built in {:.2?})", t_build.elapsed());
-        let server = TestServer::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), rx, 64).await;
+        // XDS_SCALE_WRAP runs the server under a profiler, e.g. `XDS_SCALE_WRAP=heaptrack`.
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match std::env::var("XDS_SCALE_WRAP") {
+            Ok(wrap) => {
+                let mut c = Command::new(wrap);
+                c.arg(exe);
+                c
+            }
+            Err(_) => Command::new(exe),
+        };
+        let mut child = command
+            .arg("--serve")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the server process");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        // A profiler wrapping the server may print first.
+        let hello = loop {
+            let line = stdout.next_line().await.unwrap().expect("server starts");
+            if line.starts_with("addr ") {
+                break line;
+            }
+        };
+        let mut words = hello.split_whitespace().skip(1);
+        let addr: SocketAddr = words.next().unwrap().parse().unwrap();
+        let mut v: u64 = words.next().unwrap().parse().unwrap();
+        let built = words.next().unwrap_or("?").to_owned();
+        let pid = child.id().unwrap();
+        let mut server = ServerProc { child, stdin, stdout };
+        println!("xds_scale: {SERVICES} services, {clients} delta clients, {rounds} rounds (server pid {pid}, built in {built})");
         let (tx, mut events) = mpsc::channel(clients * 8);
 
         let t0 = Instant::now();
+        let connecting = Arc::new(tokio::sync::Semaphore::new(200));
         for i in 0..clients {
-            tokio::spawn(client(i, server.addr, tx.clone()));
+            tokio::spawn(client(i, addr, tx.clone(), connecting.clone()));
         }
         let initial = collect(&mut events, clients, &[CLUSTER, ENDPOINT, LISTENER, ROUTE], v, t0).await;
         report("initial sync (connect→all)", &[initial]);
+        let rss_initial = peak_rss_mib(pid);
 
         let mut config_rounds = Vec::new();
         let mut eds_rounds = Vec::new();
-        let mut g = mesh(0);
         for r in 0..rounds {
-            let epoch = r as u16 + 1;
-            // Config change: one cluster's settings and the route table.
-            g.set(cluster(&format!("{}-x{epoch}", svc(0)))); // a new cluster too
-            g.set(route_table(&format!("epoch-{epoch}")));
+            let epoch = r + 1;
             let t0 = Instant::now();
-            v = publisher.publish(g.clone(), false);
+            v = server.publish(&format!("config {epoch}")).await;
             config_rounds.push(collect(&mut events, clients, &[CLUSTER, ROUTE], v, t0).await);
 
-            // Endpoint-only change of one service.
-            g.set(endpoints(&svc(r), &eps(r, epoch)));
             let t0 = Instant::now();
-            v = publisher.publish(g.clone(), true);
+            v = server.publish(&format!("eds {r} {epoch}")).await;
             eds_rounds.push(collect(&mut events, clients, &[ENDPOINT], v, t0).await);
         }
         report("config change → all ACKed", &config_rounds);
         report("endpoint change → all ACKed", &eds_rounds);
-        let m = &server.metrics;
+        println!("server {}", server.send("stats").await.trim_start_matches("stats "));
         println!(
-            "server: push_time mean {:.2?} max {:.2?} ({} pushes); convergence mean {:.2?} max {:.2?}",
-            m.push_time.sum() / m.push_time.count().max(1) as u32,
-            m.push_time.max(),
-            m.push_time.count(),
-            m.convergence.sum() / m.convergence.count().max(1) as u32,
-            m.convergence.max(),
+            "server peak RSS (VmHWM): {:.1} MiB after initial sync, {:.1} MiB at the end (VmRSS now {:.1} MiB); bench client process {:.1} MiB",
+            rss_initial,
+            peak_rss_mib(pid),
+            status_mib(pid, "VmRSS:"),
+            peak_rss_mib(std::process::id())
         );
-        println!("peak RSS (VmHWM): {:.1} MiB", peak_rss_mib());
+        std::panic::set_hook(Box::new(|_| {}));
+        let _ = server.child.kill().await;
+        // The fake clients would now panic on their broken streams: leave without waiting for them.
+        std::process::exit(0);
     });
 }
