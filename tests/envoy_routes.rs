@@ -1165,6 +1165,17 @@ spec:
     .await;
     assert!(r.headers().get("x-root").is_none());
     assert_eq!(r.text().await.unwrap(), "root");
+    // istiod's gateway domains match the host with any port (a load balancer's or a port-forward's).
+    let r = send(
+        &client,
+        reqwest::Method::GET,
+        gw_port,
+        "shop.example.io:31380",
+        "/other",
+        &[],
+    )
+    .await;
+    assert_eq!(r.text().await.unwrap(), "root");
 
     for c in registry.connections() {
         for (ty, t) in &c.types {

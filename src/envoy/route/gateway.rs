@@ -3,10 +3,11 @@
 //!
 //! For each server host (`ns/host`, namespace `*` by default, `.` = the Gateway's namespace) and each
 //! VirtualService bound to the Gateway whose namespace the server admits, every VS host intersecting the server
-//! host (wildcards on both sides; the narrower one names the vhost) becomes vhost `<host>:<port>` with domains
-//! `<host>` and `<host>:<port>`. A server host no VirtualService covers gets no vhost, so Envoy answers 404. A
-//! server with `tls.httpsRedirect` makes its vhosts `require_tls: ALL` (301 to https). Destinations resolve in the
-//! VirtualService's namespace. TLS-terminating HTTPS servers are not routed here yet.
+//! host (wildcards on both sides; the narrower one names the vhost) becomes vhost `<host>:<port>` with istiod's
+//! domains `<host>` and `<host>:*` (`<host>:<port>` for wildcard hosts). A server host no VirtualService covers
+//! gets no vhost, so Envoy answers 404. A server with `tls.httpsRedirect` makes its vhosts `require_tls: ALL` (301
+//! to https). Destinations resolve in the VirtualService's namespace. TLS-terminating HTTPS servers are not routed
+//! here yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -112,7 +113,7 @@ fn route_config(
                     continue;
                 }
                 let routes = http::routes(&ctx, &g.rules);
-                let mut doms = domains::with_ports(std::slice::from_ref(&host), port);
+                let mut doms = gateway_domains(&host, port);
                 domains::dedupe(&mut doms, &mut seen_domains);
                 if routes.is_empty() || doms.is_empty() {
                     continue;
@@ -140,6 +141,19 @@ fn route_config(
         virtual_hosts: vhosts.into_values().collect(),
         validate_clusters: bool_value(false),
         ..Default::default()
+    }
+}
+
+/// istiod's gateway vhost domains: the host and `host:*`, so a Host header carrying any port matches (clients
+/// reach gateways through load balancers, node ports and port-forwards); a wildcard host keeps `:<port>` instead
+/// (Envoy allows one wildcard per domain), and `*` alone already matches everything.
+fn gateway_domains(host: &str, port: u16) -> Vec<String> {
+    if host == "*" {
+        vec![host.to_string()]
+    } else if host.starts_with('*') {
+        vec![host.to_string(), format!("{host}:{port}")]
+    } else {
+        vec![host.to_string(), format!("{host}:*")]
     }
 }
 

@@ -1318,9 +1318,11 @@ fn gateway_servers_become_http_port_route_configs() {
         ]
     );
     let fruits = vhost(rc, "fruits.example.io:80");
+    // istiod's gateway domains: any port in the Host header, except on wildcard hosts.
+    assert_eq!(fruits.domains, ["fruits.example.io", "fruits.example.io:*"]);
     assert_eq!(
-        fruits.domains,
-        ["fruits.example.io", "fruits.example.io:80"]
+        vhost(rc, "*.juice.example.io:80").domains,
+        ["*.juice.example.io", "*.juice.example.io:80"]
     );
     assert_eq!(fruits.require_tls, TlsRequirementType::None as i32);
     // Destinations resolve in the VirtualService's namespace; the mesh-only VS is ignored.
@@ -1426,5 +1428,5 @@ spec:
     let names: Vec<&str> = rcs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["http.8080", "http.9000"]);
     let vh = vhost(config(&rcs, "http.8080"), "shop.example.io:80");
-    assert_eq!(vh.domains, ["shop.example.io", "shop.example.io:80"]);
+    assert_eq!(vh.domains, ["shop.example.io", "shop.example.io:*"]);
 }
