@@ -366,7 +366,12 @@ fn main() {
             peak_rss_mib(std::process::id())
         );
         std::panic::set_hook(Box::new(|_| {}));
-        let _ = server.child.kill().await;
+        // Closing stdin ends the server (letting a wrapping profiler write its data); kill it if it lingers.
+        let ServerProc { mut child, stdin, .. } = server;
+        drop(stdin);
+        if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
         // The fake clients would now panic on their broken streams: leave without waiting for them.
         std::process::exit(0);
     });

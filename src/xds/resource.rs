@@ -127,10 +127,16 @@ struct SetInner {
 #[derive(Default)]
 struct Memo {
     /// Selections by (shared) subscribed-name set; `None` is the whole set.
-    selections: parking_lot::Mutex<Vec<(Arc<BTreeSet<String>>, Option<Arc<[Arc<XdsResource>]>>)>>,
+    selections: parking_lot::Mutex<Vec<MemoSelection>>,
     /// Differences from earlier sets, by their digest (which fixes their names and versions).
     diffs: parking_lot::Mutex<Vec<(u64, Arc<SetDiff>)>>,
 }
+
+/// Some resources of a set, name-sorted, shared between the streams that asked for them.
+pub type Selection = Arc<[Arc<XdsResource>]>;
+
+/// A memoized selection: the subscription and what it selected (`None`: the whole set).
+type MemoSelection = (Arc<BTreeSet<String>>, Option<Selection>);
 
 /// Memo entries kept per kind: a set lives one generation, and proxies of one view share subscriptions.
 const MEMO_LIMIT: usize = 32;
@@ -205,7 +211,7 @@ impl ResourceSet {
 
     /// The resources named in `names` (name-sorted), or `None` when that is every resource of the set.
     /// Memoized per name set, so streams sharing a subscription merge it once per generation.
-    pub fn select(&self, names: &Arc<BTreeSet<String>>) -> Option<Arc<[Arc<XdsResource>]>> {
+    pub fn select(&self, names: &Arc<BTreeSet<String>>) -> Option<Selection> {
         let memo = &self.inner.memo.selections;
         if let Some((_, chosen)) = memo.lock().iter().find(|(n, _)| Arc::ptr_eq(n, names)) {
             return chosen.clone();
