@@ -272,7 +272,7 @@ pub(crate) fn control_plane() -> Option<ControlPlane> {
 /// How one ADS flavour reads requests and builds responses.
 pub(crate) trait Flavor: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
-    type Response: prost::Message + Send + 'static;
+    type Response: super::grpc::Wire;
     const PROTOCOL: Protocol;
 
     fn node(req: &Self::Request) -> Option<&Node>;

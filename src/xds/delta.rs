@@ -16,11 +16,12 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tonic::Status;
 
 use super::connection::{ConnState, Diff, Flavor, contains, control_plane, diff};
+use super::grpc::WireResponse;
 use super::registry::{Held, Protocol, SentResource};
 use super::{PushContext, type_url};
 
@@ -29,7 +30,7 @@ pub(crate) struct Delta;
 
 impl Flavor for Delta {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = WireResponse<DeltaDiscoveryResponse>;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
@@ -104,7 +105,7 @@ impl Flavor for Delta {
         type_url: &str,
         ctx: &PushContext,
         push: Option<Instant>,
-    ) -> Option<DeltaDiscoveryResponse> {
+    ) -> Option<WireResponse<DeltaDiscoveryResponse>> {
         let ConnState {
             types,
             proxy,
@@ -142,28 +143,22 @@ impl Flavor for Delta {
         }
         let nonce = shared.next_nonce();
         let version = ctx.version.to_string();
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources: changed
-                .iter()
-                .map(|r| Resource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.to_any()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: type_url.to_owned(),
-            removed_resources: removed.clone(),
-            nonce: nonce.clone(),
-            control_plane: control_plane(),
-            ..Default::default()
-        };
         let names = changed
             .iter()
             .map(|r| r.name.clone())
             .chain(removed.iter().cloned())
             .collect();
+        let resp = WireResponse {
+            head: DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                type_url: type_url.to_owned(),
+                removed_resources: removed,
+                nonce: nonce.clone(),
+                control_plane: control_plane(),
+                ..Default::default()
+            },
+            resources: changed,
+        };
         ts.record_sent(nonce, version, names, push);
         if !rewarmed.is_empty()
             && let Some(eds) = types.get_mut(type_url::ENDPOINT)

@@ -14,15 +14,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len, string};
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tracing::{Instrument, info_span, warn};
 
+use super::XdsResource;
 use super::connection::{self, Flavor, Shared};
 use super::delta::Delta;
 use super::sotw::Sotw;
@@ -76,7 +80,6 @@ impl AdsGrpc {
     fn open<F: Flavor>(&self, req: http::Request<Body>) -> http::Response<Body>
     where
         F::Request: prost::Message + Default,
-        F::Response: prost::Message,
     {
         // New streams are refused once draining (or once the serving future is gone), so Envoy goes elsewhere.
         let drain = &self.shared.drain;
@@ -97,6 +100,97 @@ impl AdsGrpc {
             HeaderValue::from_static("application/grpc"),
         );
         resp
+    }
+}
+
+/// A message as it goes on the wire.
+pub(crate) trait Wire: Send + 'static {
+    /// Encoded length, without the gRPC prefix.
+    fn wire_len(&self) -> usize;
+    /// Appends the encoding (without the gRPC prefix).
+    fn wire_encode(&self, buf: &mut Vec<u8>);
+}
+
+/// A discovery response whose resources are appended to the encoded message straight from their shared,
+/// already-encoded bytes, instead of being copied into an `Any` first (a copy per resource per proxy).
+///
+/// Protobuf allows a message's fields in any order and repeated fields in several runs, so the response is
+/// `head` (every other field, encoded by prost) followed by one `resources` field per resource.
+#[derive(Debug)]
+pub(crate) struct WireResponse<H> {
+    pub head: H,
+    pub resources: Vec<Arc<XdsResource>>,
+}
+
+/// `resources` is field 2 of both `DiscoveryResponse` (`repeated Any`) and `DeltaDiscoveryResponse`
+/// (`repeated Resource`).
+const RESOURCES_FIELD: u32 = 2;
+
+/// The `Any` of a resource: `type_url` (1) and `value` (2).
+fn any_len(r: &XdsResource) -> usize {
+    string::encoded_len(1, &r.type_url) + bytes_field_len(2, r.bytes.len())
+}
+
+fn encode_any(r: &XdsResource, buf: &mut Vec<u8>) {
+    string::encode(1, &r.type_url, buf);
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(r.bytes.len() as u64, buf);
+    buf.extend_from_slice(&r.bytes);
+}
+
+fn bytes_field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// A delta `Resource`: `version` (1), `resource` (2, the `Any`), `name` (3).
+fn resource_len(r: &XdsResource) -> usize {
+    string::encoded_len(1, &r.version)
+        + bytes_field_len(2, any_len(r))
+        + string::encoded_len(3, &r.name)
+}
+
+impl Wire for WireResponse<DiscoveryResponse> {
+    fn wire_len(&self) -> usize {
+        self.head.encoded_len()
+            + self
+                .resources
+                .iter()
+                .map(|r| bytes_field_len(RESOURCES_FIELD, any_len(r)))
+                .sum::<usize>()
+    }
+
+    fn wire_encode(&self, buf: &mut Vec<u8>) {
+        // A Vec grows as needed, so encoding cannot run out of room.
+        let _ = self.head.encode(buf);
+        for r in &self.resources {
+            encode_key(RESOURCES_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(any_len(r) as u64, buf);
+            encode_any(r, buf);
+        }
+    }
+}
+
+impl Wire for WireResponse<DeltaDiscoveryResponse> {
+    fn wire_len(&self) -> usize {
+        self.head.encoded_len()
+            + self
+                .resources
+                .iter()
+                .map(|r| bytes_field_len(RESOURCES_FIELD, resource_len(r)))
+                .sum::<usize>()
+    }
+
+    fn wire_encode(&self, buf: &mut Vec<u8>) {
+        let _ = self.head.encode(buf);
+        for r in &self.resources {
+            encode_key(RESOURCES_FIELD, WireType::LengthDelimited, buf);
+            encode_varint(resource_len(r) as u64, buf);
+            string::encode(1, &r.version, buf);
+            encode_key(2, WireType::LengthDelimited, buf);
+            encode_varint(any_len(r) as u64, buf);
+            encode_any(r, buf);
+            string::encode(3, &r.name, buf);
+        }
     }
 }
 
@@ -185,7 +279,7 @@ struct ResponseBody<M> {
     done: bool,
 }
 
-impl<M: prost::Message> http_body::Body for ResponseBody<M> {
+impl<M: Wire> http_body::Body for ResponseBody<M> {
     type Data = Bytes;
     type Error = Status;
 
@@ -216,13 +310,13 @@ impl<M: prost::Message> http_body::Body for ResponseBody<M> {
 }
 
 /// One length-prefixed gRPC message in a buffer of exactly its size.
-fn encode<M: prost::Message>(msg: &M) -> Bytes {
-    let len = msg.encoded_len();
+fn encode<M: Wire>(msg: &M) -> Bytes {
+    let len = msg.wire_len();
     let mut buf = Vec::with_capacity(PREFIX + len);
     buf.put_u8(0);
     buf.put_u32(len as u32);
-    // A Vec grows as needed, so encoding cannot run out of room.
-    let _ = msg.encode(&mut buf);
+    msg.wire_encode(&mut buf);
+    debug_assert_eq!(buf.len(), PREFIX + len, "wire_len agrees with wire_encode");
     Bytes::from(buf)
 }
 
@@ -238,10 +332,88 @@ fn trailers(status: &Status) -> HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-    use prost::Message;
+    use bytes::Bytes;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Resource};
+    use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
+
+    /// Requests go on the wire as plain prost messages.
+    impl Wire for DiscoveryRequest {
+        fn wire_len(&self) -> usize {
+            self.encoded_len()
+        }
+        fn wire_encode(&self, buf: &mut Vec<u8>) {
+            let _ = self.encode(buf);
+        }
+    }
+
+    fn resource(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
+        Arc::new(XdsResource::from_bytes(
+            name,
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Bytes::from_static(body),
+        ))
+    }
+
+    fn any(r: &XdsResource) -> Any {
+        Any {
+            type_url: r.type_url.clone(),
+            value: r.bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn responses_decode_as_if_prost_had_encoded_the_resources() {
+        let big = vec![7u8; 300];
+        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+        let rs = vec![
+            resource("a", b"\x08\x01"),
+            resource("b", big),
+            resource("", b""),
+        ];
+        let sotw = WireResponse {
+            head: DiscoveryResponse {
+                version_info: "7".into(),
+                type_url: "t".into(),
+                nonce: "n".into(),
+                ..Default::default()
+            },
+            resources: rs.clone(),
+        };
+        let wire = encode(&sotw);
+        let mut expected = sotw.head.clone();
+        expected.resources = rs.iter().map(|r| any(r)).collect();
+        assert_eq!(
+            DiscoveryResponse::decode(&wire[PREFIX..]).unwrap(),
+            expected
+        );
+
+        let delta = WireResponse {
+            head: DeltaDiscoveryResponse {
+                system_version_info: "7".into(),
+                removed_resources: vec!["gone".into()],
+                nonce: "n".into(),
+                ..Default::default()
+            },
+            resources: rs.clone(),
+        };
+        let wire = encode(&delta);
+        let mut expected = delta.head.clone();
+        expected.resources = rs
+            .iter()
+            .map(|r| Resource {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                resource: Some(any(r)),
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(
+            DeltaDiscoveryResponse::decode(&wire[PREFIX..]).unwrap(),
+            expected
+        );
+    }
 
     fn body_of(chunks: Vec<Vec<u8>>) -> Body {
         let frames = chunks

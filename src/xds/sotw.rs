@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 
 use super::connection::{ConnState, Flavor, NonceCheck, control_plane, diff};
+use super::grpc::WireResponse;
 use super::registry::{Held, Protocol};
 use super::{PushContext, type_url};
 
@@ -26,7 +27,7 @@ pub(crate) struct Sotw;
 
 impl Flavor for Sotw {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = WireResponse<DiscoveryResponse>;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
@@ -89,7 +90,7 @@ impl Flavor for Sotw {
         type_url: &str,
         ctx: &PushContext,
         push: Option<Instant>,
-    ) -> Option<DiscoveryResponse> {
+    ) -> Option<WireResponse<DiscoveryResponse>> {
         let ConnState {
             types,
             proxy,
@@ -112,13 +113,15 @@ impl Flavor for Sotw {
         }
         let nonce = shared.next_nonce();
         let version = ctx.version.to_string();
-        let resp = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: chosen.as_slice().iter().map(|r| r.to_any()).collect(),
-            type_url: type_url.to_owned(),
-            nonce: nonce.clone(),
-            control_plane: control_plane(),
-            ..Default::default()
+        let resp = WireResponse {
+            head: DiscoveryResponse {
+                version_info: version.clone(),
+                type_url: type_url.to_owned(),
+                nonce: nonce.clone(),
+                control_plane: control_plane(),
+                ..Default::default()
+            },
+            resources: chosen.as_slice().to_vec(),
         };
         ts.record_sent(
             nonce,
