@@ -3,6 +3,8 @@
 pub mod ads;
 pub mod envoy;
 pub mod gotmpl;
+pub mod identity;
 pub mod kube;
 pub mod mesh;
+pub mod netns;
 pub mod xds_fixtures;

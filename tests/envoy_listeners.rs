@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
 use rudder::test_helpers::mesh::{free_port, start_rudder as start};
+use rudder::test_helpers::netns;
 use rudder::xds::type_url::LISTENER;
 use rudder::xds::{ConnectionStatus, Registry};
 use serde_json::Value;
@@ -843,92 +844,31 @@ spec:
     bound.shutdown().await;
 }
 
-/// Set in the re-executed test process that runs inside a private network namespace.
-const TCP_NETNS: &str = "RUDDER_SIDECAR_TCP_NETNS";
-
 /// The same tcp routes through a real *sidecar*: the client's connections to the Service VIP are redirected to
 /// `virtualOutbound` (15001) as istio-init does, whose original-destination hand-off reaches the `<vip>_<port>`
 /// listener (not bound) and its weighted TCP proxy. iptables must not touch the machine's own tables, so the test
 /// re-executes itself in a private network namespace (`unshare -n`, root only; skips with a message otherwise).
 #[test]
 fn sidecar_tcp_routes_split_redirected_connections() {
-    if std::env::var_os(TCP_NETNS).is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(sidecar_tcp_scenario());
-        return;
-    }
-    let ok = |program: &str, arg: &str| {
-        std::process::Command::new(program)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root || !ok("unshare", "--version") || !ok("iptables", "--version") {
-        eprintln!("skipped: needs root, unshare and iptables");
-        return;
-    }
-    let out = std::process::Command::new("unshare")
-        .args(["-n", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "sidecar_tcp_routes_split_redirected_connections",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(TCP_NETNS, "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "in the network namespace:\n{stdout}\n{stderr}"
-    );
-}
-
-fn netns_run(args: &[&str]) {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    netns::run_isolated(
+        "sidecar_tcp_routes_split_redirected_connections",
+        &["iptables", "ip"],
+        || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(sidecar_tcp_scenario())
+        },
     );
 }
 
 async fn sidecar_tcp_scenario() {
     const VIP: &str = "127.0.0.40";
-    netns_run(&["ip", "link", "set", "lo", "up"]);
     // istio-init's rule for the client pod, narrowed to the one Service VIP (Envoy's own upstream connections go
     // to the backends' pod addresses and are left alone).
-    netns_run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        VIP,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ]);
+    netns::redirect(VIP, None, 15001);
     let (a_port, b_port) = (
         tcp_backend("127.0.0.11", "a").await,
         tcp_backend("127.0.0.12", "b").await,

@@ -13,24 +13,19 @@
 //! passthrough chains, ISTIO_MUTUAL subset and HTTP/2 clusters) — no NACK on rudder's side, no rejected update
 //! in Envoy's stats.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rudder::app::{self, Bound};
-use rudder::security::bootstrap::{tls_ads_grpc_service, use_tls_ads};
-use rudder::security::testing::{TestIssuer, TokenSpec};
-use rudder::security::{self};
-use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
+use rudder::security::testing::TokenSpec;
+use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, Envoy};
+use rudder::test_helpers::identity::IdentityMesh;
 use rudder::test_helpers::mesh::free_port;
+use rudder::test_helpers::netns;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Set in the re-executed test process that runs inside the private network namespace.
-const IN_NETNS: &str = "RUDDER_ENVOY_MTLS_NETNS";
-const SERVING_NAME: &str = "istiod.istio-system.svc";
 const SERVER_IP: &str = "127.0.0.10";
 const CLIENT_IP: &str = "127.0.0.20";
 const APP_PORT: u16 = 20080;
@@ -164,154 +159,54 @@ spec:
 
 #[test]
 fn mtls_between_real_sidecars() {
-    if std::env::var_os(IN_NETNS).is_some() {
+    netns::run_isolated("mtls_between_real_sidecars", &["iptables", "ip"], || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(scenario());
-        return;
-    }
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let out = Command::new("unshare")
-        .args(["-n", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "mtls_between_real_sidecars",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(IN_NETNS, "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "in the network namespace:\n{stdout}\n{stderr}"
-    );
+            .block_on(scenario())
+    });
 }
 
-fn skip_reason() -> Option<&'static str> {
-    let ok = |program: &str, arg: &str| {
-        Command::new(program)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root");
-    }
-    if !ok("unshare", "--version") || !ok("iptables", "--version") || !ok("ip", "-V") {
-        return Some("unshare/iptables/ip not installed");
-    }
-    None
+/// rudder with identity on under `dir`, the mesh loaded with a STRICT namespace policy.
+async fn start_mesh(dir: &Path) -> IdentityMesh {
+    IdentityMesh::start(
+        dir,
+        &[
+            ("mesh.yaml", &mesh_yaml()),
+            ("policy.yaml", &peer_auth("STRICT")),
+        ],
+        |_| {},
+    )
+    .await
 }
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Replaces the policy file: written beside the config directory, then renamed in, so the file source never
+/// reads it half-written.
+fn set_policy(mesh: &IdentityMesh, yaml: &str) {
+    let tmp = mesh.dir.join("policy.yaml.tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, mesh.config.join("policy.yaml")).unwrap();
 }
 
-struct Mesh {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    bound: Bound,
-    tokens: TestIssuer,
-    root_cert: PathBuf,
+/// A stock-Envoy bootstrap for a `kind` (`sidecar`/`router`) proxy `pod` in namespace `ns` (service account
+/// `sa`) on the TLS ADS server with a minted token.
+fn proxy_bootstrap(
+    mesh: &IdentityMesh,
+    kind: &str,
+    pod: &str,
+    ns: &str,
+    ip: &str,
+    sa: &str,
+) -> Value {
+    let token = mesh.token_file(&format!("{sa}-token"), &TokenSpec::new(ns, sa));
+    let node = format!("{kind}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local");
+    mesh.tls_bootstrap(&node, pod, &token)
 }
 
-impl Mesh {
-    async fn start() -> Mesh {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config");
-        std::fs::create_dir_all(&config).unwrap();
-        std::fs::write(config.join("mesh.yaml"), mesh_yaml()).unwrap();
-        std::fs::write(config.join("policy.yaml"), peer_auth("STRICT")).unwrap();
-        let tokens = TestIssuer::default();
-        let jwks = dir.path().join("jwks.json");
-        std::fs::write(&jwks, tokens.jwks().to_string()).unwrap();
-        let mut identity = security::Config::new(dir.path().join("ca"), jwks);
-        identity.tls_addr = "127.0.0.1:0".parse().unwrap();
-        let bound = app::build(app::Config {
-            config_dir: Some(config.clone()),
-            xds_addr: Some("127.0.0.1:0".parse().unwrap()),
-            identity: Some(identity),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let root_cert = dir.path().join("root-cert.pem");
-        let issuer = bound.secret_issuer.as_ref().unwrap();
-        std::fs::write(&root_cert, issuer.ca().root_pem()).unwrap();
-        Mesh {
-            dir,
-            config,
-            bound,
-            tokens,
-            root_cert,
-        }
-    }
-
-    /// Replaces the policy file: written beside the config directory, then renamed in, so the file source
-    /// never reads it half-written.
-    fn set_policy(&self, yaml: &str) {
-        let tmp = self.dir.path().join("policy.yaml.tmp");
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.config.join("policy.yaml")).unwrap();
-    }
-
-    /// A stock-Envoy bootstrap for `pod` (service account `sa`) on the TLS ADS server with a minted token.
-    fn bootstrap(&self, pod: &str, ip: &str, sa: &str) -> Value {
-        self.bootstrap_as("sidecar", pod, "default", ip, sa)
-    }
-
-    /// The same for a `kind` (`sidecar`/`router`) proxy in namespace `ns`.
-    fn bootstrap_as(&self, kind: &str, pod: &str, ns: &str, ip: &str, sa: &str) -> Value {
-        let token = self.dir.path().join(format!("{sa}-token"));
-        std::fs::write(&token, self.tokens.token(&TokenSpec::new(ns, sa))).unwrap();
-        let tls = self.bound.xds_tls_addr.unwrap();
-        let node = format!("{kind}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local");
-        let mut b = bootstrap(&node, pod, tls, AdsApi::Grpc);
-        use_tls_ads(
-            &mut b,
-            tls_ads_grpc_service(
-                &tls.to_string(),
-                &self.root_cert,
-                &token,
-                Some(SERVING_NAME),
-            ),
-        );
-        // ADS goes through google_grpc; the static plaintext xds cluster is not needed.
-        b["static_resources"] = json!({});
-        b
-    }
-
-    /// NACKs rudder's TLS server holds right now.
-    fn nacks(&self) -> Vec<String> {
-        let registry = self.bound.xds_tls_registry.as_ref().unwrap();
-        registry
-            .connections()
-            .into_iter()
-            .flat_map(|c| {
-                let pod = c.proxy.id.pod.clone();
-                c.types
-                    .into_iter()
-                    .filter_map(move |(t, s)| s.last_nack.map(|n| format!("{pod} {t}: {n:?}")))
-            })
-            .collect()
-    }
+/// The same for a sidecar in `default`.
+fn sidecar_bootstrap(mesh: &IdentityMesh, pod: &str, ip: &str, sa: &str) -> Value {
+    proxy_bootstrap(mesh, "sidecar", pod, "default", ip, sa)
 }
 
 /// The client's only listener: plaintext HTTP in on `port`, routed to rudder's outbound cluster for httpbin.
@@ -507,33 +402,17 @@ async fn rejected_updates(envoy: &Envoy) -> Vec<String> {
 }
 
 async fn scenario() {
-    run(&["ip", "link", "set", "lo", "up"]);
     // istio-init's job for the server pod: its inbound traffic goes to virtualInbound.
-    run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        SERVER_IP,
-        "--dport",
-        &APP_PORT.to_string(),
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15006",
-    ]);
+    netns::redirect(SERVER_IP, Some(APP_PORT), 15006);
     let hits = Arc::new(AtomicUsize::new(0));
     start_app(hits.clone()).await;
-    let mesh = Mesh::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = start_mesh(dir.path()).await;
 
-    let server = Envoy::start(&mesh.bootstrap("httpbin-1", SERVER_IP, "httpbin")).await;
+    let server = Envoy::start(&sidecar_bootstrap(&mesh, "httpbin-1", SERVER_IP, "httpbin")).await;
     let port = free_port();
-    let mut client_cfg = mesh.bootstrap("sleep-1", CLIENT_IP, "sleep");
-    client_cfg["dynamic_resources"]["lds_config"] = client_listener_file(mesh.dir.path(), port);
+    let mut client_cfg = sidecar_bootstrap(&mesh, "sleep-1", CLIENT_IP, "sleep");
+    client_cfg["dynamic_resources"]["lds_config"] = client_listener_file(&mesh.dir, port);
     let client = Envoy::start(&client_cfg).await;
 
     // 1. STRICT + auto-mTLS: the app sees the client's SPIFFE id.
@@ -548,7 +427,8 @@ async fn scenario() {
     let xfcc = wait_ok(port, &client, &server).await;
     assert!(xfcc.contains(SLEEP_ID), "app saw XFCC {xfcc:?}");
     // The book's S15: the ingress gateway (with identity) reaches the STRICT sidecar over auto-mTLS too.
-    let gateway = Envoy::start(&mesh.bootstrap_as(
+    let gateway = Envoy::start(&proxy_bootstrap(
+        &mesh,
         "router",
         "ingress-1",
         "istio-system",
@@ -566,7 +446,7 @@ async fn scenario() {
     assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
 
     // 2. STRICT + a plaintext client (DestinationRule DISABLE): refused by the server sidecar.
-    mesh.set_policy(&(peer_auth("STRICT") + PLAINTEXT_CLIENT));
+    set_policy(&mesh, &(peer_auth("STRICT") + PLAINTEXT_CLIENT));
     wait_dump(&client, "plaintext cluster", |d| {
         client_auto_mtls(d) == Some(false)
     })
@@ -580,7 +460,7 @@ async fn scenario() {
     assert!(mesh.nacks().is_empty(), "NACKs: {:?}", mesh.nacks());
 
     // 3. PERMISSIVE: the plaintext client gets through (no peer identity) ...
-    mesh.set_policy(&(peer_auth("PERMISSIVE") + PLAINTEXT_CLIENT));
+    set_policy(&mesh, &(peer_auth("PERMISSIVE") + PLAINTEXT_CLIENT));
     wait_dump(&server, "PERMISSIVE chains", |d| {
         app_port_chains(d) == [("tls".to_owned(), true), ("raw_buffer".to_owned(), false)]
     })
@@ -588,7 +468,7 @@ async fn scenario() {
     let xfcc = wait_ok(port, &client, &server).await;
     assert!(!xfcc.contains("URI="), "plaintext request carried {xfcc:?}");
     // ... and so does mTLS once the client uses auto-mTLS again.
-    mesh.set_policy(&peer_auth("PERMISSIVE"));
+    set_policy(&mesh, &peer_auth("PERMISSIVE"));
     wait_dump(&client, "auto-mTLS cluster", |d| {
         client_auto_mtls(d) == Some(true)
     })

@@ -4,25 +4,23 @@
 //! Envoys speak mTLS with rudder-issued SPIFFE certificates.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use rudder::app::{self, Bound};
+use rudder::security::CaSource;
 use rudder::security::bootstrap::{sds_over_ads, tls_ads_grpc_service, use_tls_ads};
 use rudder::security::testing::{TestIssuer, TokenSpec};
-use rudder::security::{self, CaSource};
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, envoy_binary};
+use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME};
 use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::SECRET;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-const SERVING_NAME: &str = "istiod.istio-system.svc";
 
 fn mesh_yaml() -> &'static str {
     r#"
@@ -44,55 +42,13 @@ status: {phase: Running, podIP: 127.0.0.1}
 "#
 }
 
-struct Mesh {
-    dir: tempfile::TempDir,
-    bound: Bound,
-    tokens: TestIssuer,
-    root_cert: PathBuf,
-}
-
-impl Mesh {
-    async fn start(workload_ttl: Duration) -> Mesh {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config");
-        std::fs::create_dir_all(&config).unwrap();
-        std::fs::write(config.join("mesh.yaml"), mesh_yaml()).unwrap();
-        let tokens = TestIssuer::default();
-        let jwks = dir.path().join("jwks.json");
-        std::fs::write(&jwks, tokens.jwks().to_string()).unwrap();
-        let mut identity = security::Config::new(dir.path().join("ca"), jwks);
-        identity.tls_addr = "127.0.0.1:0".parse().unwrap();
+/// rudder with identity on under `dir` (workload certificates live `workload_ttl`), the two pods loaded.
+async fn start_mesh(dir: &Path, workload_ttl: Duration) -> IdentityMesh {
+    IdentityMesh::start(dir, &[("mesh.yaml", mesh_yaml())], |identity| {
         identity.workload_ttl = workload_ttl;
         assert!(matches!(identity.ca, CaSource::SelfSigned { .. }));
-        let bound = app::build(app::Config {
-            config_dir: Some(config),
-            xds_addr: Some("127.0.0.1:0".parse().unwrap()),
-            identity: Some(identity),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let root_cert = dir.path().join("root-cert.pem");
-        let issuer = bound.secret_issuer.as_ref().unwrap();
-        std::fs::write(&root_cert, issuer.ca().root_pem()).unwrap();
-        Mesh {
-            dir,
-            bound,
-            tokens,
-            root_cert,
-        }
-    }
-
-    fn tls_addr(&self) -> SocketAddr {
-        self.bound.xds_tls_addr.unwrap()
-    }
-
-    /// A token file as the kubelet writes it: no trailing newline.
-    fn token_file(&self, name: &str, spec: &TokenSpec) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, self.tokens.token(spec)).unwrap();
-        path
-    }
+    })
+    .await
 }
 
 fn node_id(pod: &str, ns: &str) -> String {
@@ -174,7 +130,8 @@ fn names(resp: &DiscoveryResponse) -> Vec<String> {
 
 #[tokio::test]
 async fn secrets_only_for_the_rightful_proxy_over_tls() {
-    let mesh = Mesh::start(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = start_mesh(dir.path(), Duration::from_secs(3600)).await;
     let root = mesh
         .bound
         .secret_issuer
@@ -281,22 +238,13 @@ fn hcm(stat: &str, route: Value) -> Value {
 /// clusters come from files (dynamic, like rudder's LDS/CDS): Envoy 1.40 crashes on *static* resources that
 /// reference SDS over ADS, since the ADS mux does not exist yet when they load.
 fn envoy_bootstrap(
-    mesh: &Mesh,
+    mesh: &IdentityMesh,
     pod: &str,
     token: &Path,
     listeners: Value,
     clusters: Value,
 ) -> Value {
-    let mut b = bootstrap(&node_id(pod, "default"), pod, mesh.tls_addr(), AdsApi::Grpc);
-    use_tls_ads(
-        &mut b,
-        tls_ads_grpc_service(
-            &mesh.tls_addr().to_string(),
-            &mesh.root_cert,
-            token,
-            Some(SERVING_NAME),
-        ),
-    );
+    let mut b = mesh.tls_bootstrap(&node_id(pod, "default"), pod, token);
     let file = |kind: &str, type_url: &str, resources: Value| {
         let resources: Vec<Value> = resources
             .as_array()
@@ -308,7 +256,7 @@ fn envoy_bootstrap(
                 r
             })
             .collect();
-        let path = mesh.dir.path().join(format!("{pod}-{kind}.json"));
+        let path = mesh.dir.join(format!("{pod}-{kind}.json"));
         std::fs::write(&path, json!({"resources": resources}).to_string()).unwrap();
         json!({"path_config_source": {"path": path}, "resource_api_version": "V3"})
     };
@@ -322,7 +270,6 @@ fn envoy_bootstrap(
         "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         clusters,
     );
-    b["static_resources"] = json!({});
     b
 }
 
@@ -446,7 +393,8 @@ async fn wait_peer(port: u16, client: &Envoy, server: &Envoy) -> String {
 
 #[tokio::test]
 async fn real_envoys_get_svids_over_sds_and_speak_mtls() {
-    let mesh = Mesh::start(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = start_mesh(dir.path(), Duration::from_secs(3600)).await;
     let (client_port, server_port) = (free_port(), free_port());
     let server_token = mesh.token_file("httpbin-token", &TokenSpec::new("default", "httpbin"));
     let client_token = mesh.token_file("sleep-token", &TokenSpec::new("default", "sleep"));
@@ -483,12 +431,7 @@ async fn real_envoys_get_svids_over_sds_and_speak_mtls() {
     assert_eq!(peer, "spiffe://cluster.local/ns/default/sa/sleep");
 
     // Every secret response was ACKed on the TLS server.
-    let registry = mesh.bound.xds_tls_registry.as_ref().unwrap();
-    let nacks: Vec<_> = registry
-        .connections()
-        .into_iter()
-        .flat_map(|c| c.types.into_values().filter_map(|t| t.last_nack))
-        .collect();
+    let nacks = mesh.nacks();
     assert!(nacks.is_empty(), "NACKs: {nacks:?}");
     drop((client, server));
     mesh.bound.shutdown().await;
@@ -543,7 +486,8 @@ async fn leaf_serials(envoy: &Envoy) -> Vec<String> {
 #[tokio::test]
 async fn certificates_rotate_at_half_life_under_traffic() {
     // A 6 s TTL renews every 3 s: the same path as 24 h, just faster.
-    let mesh = Mesh::start(Duration::from_secs(6)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = start_mesh(dir.path(), Duration::from_secs(6)).await;
     let (client_port, server_port) = (free_port(), free_port());
     let server_token = mesh.token_file("httpbin-token", &TokenSpec::new("default", "httpbin"));
     let client_token = mesh.token_file("sleep-token", &TokenSpec::new("default", "sleep"));
