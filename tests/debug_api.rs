@@ -13,9 +13,8 @@ use rudder::app;
 use rudder::config::store::Store;
 use rudder::config::{Kind, ObjectKey};
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
-use rudder::test_helpers::mesh::free_port;
+use rudder::test_helpers::mesh::{free_port, wait_acked};
 use rudder::xds::type_url::{CLUSTER, LISTENER, ROUTE};
-use rudder::xds::{ConnectionStatus, Registry};
 use serde_json::Value;
 
 const SIDECAR: &str = "app-1.shop";
@@ -136,26 +135,6 @@ async fn get_json(addr: SocketAddr, path: &str) -> Value {
     let (status, body) = get(addr, path).await;
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-/// Waits until both proxies ACKed CDS, LDS and RDS without a NACK.
-async fn wait_synced(registry: &Registry) -> Vec<ConnectionStatus> {
-    registry
-        .wait_for(ADMIN_TIMEOUT, |cs| {
-            [SIDECAR, GATEWAY].iter().all(|p| {
-                cs.iter().any(|c| {
-                    c.proxy.id.pod_key() == *p
-                        && [CLUSTER, LISTENER, ROUTE].iter().all(|t| {
-                            c.types.get(*t).is_some_and(|s| {
-                                assert!(s.last_nack.is_none(), "{p} NACKed {t}: {:?}", s.last_nack);
-                                s.is_acked()
-                            })
-                        })
-                })
-            })
-        })
-        .await
-        .unwrap_or_else(|last| panic!("proxies never synced: {last:#?}"))
 }
 
 /// Section `field` of a config dump (`dynamic_active_clusters`, …) as name → resource JSON.
@@ -320,7 +299,10 @@ async fn debug_api_and_cli_with_real_envoys() {
         AdsApi::DeltaGrpc,
     ))
     .await;
-    wait_synced(&registry).await;
+    // Both proxies ACKed CDS, LDS and RDS without a NACK.
+    for pod in ["app-1", "ingress-1"] {
+        wait_acked(&registry, pod, &[CLUSTER, LISTENER, ROUTE], |_| true).await;
+    }
     let addr = debug.to_string();
 
     // /debug/syncz: istiod's shape, nonces sent == acked per type.

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use rudder::app;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dynamic_resources};
-use rudder::test_helpers::mesh::start_rudder as start;
-use rudder::xds::Registry;
+use rudder::test_helpers::mesh::{start_rudder as start, wait_acked};
 use rudder::xds::type_url::{CLUSTER, ENDPOINT};
 use serde_json::Value;
 
@@ -29,27 +28,6 @@ fn cds_only_bootstrap(node: &str, xds: SocketAddr, api: AdsApi) -> Value {
         .unwrap()
         .remove("lds_config");
     b
-}
-
-/// Waits until the proxy `pod` has ACKed CDS and EDS; panics with Envoy's text on any NACK.
-async fn wait_acked(registry: &Registry, pod: &str) {
-    registry
-        .wait_for(ADMIN_TIMEOUT, |cs| {
-            cs.iter().filter(|c| c.proxy.id.pod == pod).any(|c| {
-                [CLUSTER, ENDPOINT].iter().all(|t| {
-                    c.types.get(*t).is_some_and(|s| {
-                        assert!(
-                            s.last_nack.is_none(),
-                            "Envoy rejected {t}: {:#?}",
-                            s.last_nack
-                        );
-                        s.is_acked()
-                    })
-                })
-            })
-        })
-        .await
-        .unwrap_or_else(|last| panic!("CDS/EDS never ACKed: {last:#?}"));
 }
 
 /// Waits until Envoy's active dynamic clusters are exactly `expected` and every EDS cluster has its assignment;
@@ -166,7 +144,10 @@ async fn book_destination_rules_are_accepted() {
         AdsApi::Grpc,
     ))
     .await;
-    wait_acked(&registry, "juice-shop-api-1").await;
+    wait_acked(&registry, "juice-shop-api-1", &[CLUSTER, ENDPOINT], |_| {
+        true
+    })
+    .await;
 
     let fruits = "fruits-api-service.micro-shake-factory.svc.cluster.local";
     let juice = "juice-shop-api-service.micro-shake-factory.svc.cluster.local";
@@ -387,7 +368,7 @@ async fn every_cluster_shape_is_accepted() {
         AdsApi::DeltaGrpc,
     ))
     .await;
-    wait_acked(&registry, "client-1").await;
+    wait_acked(&registry, "client-1", &[CLUSTER, ENDPOINT], |_| true).await;
 
     let web = "web.shapes.svc.cluster.local";
     let mut expected: BTreeSet<String> = [
@@ -613,7 +594,13 @@ async fn gateway_with_traffic(
         AdsApi::Grpc,
     ))
     .await;
-    wait_acked(rudder.xds_registry.as_ref().unwrap(), "ingress-1").await;
+    wait_acked(
+        rudder.xds_registry.as_ref().unwrap(),
+        "ingress-1",
+        &[CLUSTER, ENDPOINT],
+        |_| true,
+    )
+    .await;
     let url = format!("http://127.0.0.1:{gw_port}/");
     let c = client();
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;

@@ -7,10 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
-use rudder::test_helpers::mesh::{free_port, start_rudder as start};
+use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::netns;
 use rudder::xds::type_url::LISTENER;
-use rudder::xds::{ConnectionStatus, Registry};
 use serde_json::Value;
 
 /// Pods and services on loopback: the sidecar's pod is 127.0.0.1, services use 127.0.0.x VIPs and ports ≥ 20000
@@ -143,29 +142,6 @@ const SIDECAR_LISTENERS: [&str; 7] = [
     "virtualOutbound",
 ];
 
-/// Waits until Envoy `node` has ACKed a listener response and never NACKed one; panics with the NACK text.
-async fn wait_lds_acked(registry: &Registry, pod: &str) -> ConnectionStatus {
-    let conns = registry
-        .wait_for(ADMIN_TIMEOUT, |cs| {
-            cs.iter().any(|c| {
-                c.types.get(LISTENER).is_some_and(|t| {
-                    assert!(
-                        t.last_nack.is_none(),
-                        "Envoy rejected listeners: {:#?}",
-                        t.last_nack
-                    );
-                    t.is_acked()
-                })
-            })
-        })
-        .await
-        .unwrap_or_else(|last| panic!("LDS never ACKed: {last:#?}"));
-    conns
-        .into_iter()
-        .find(|c| c.proxy.id.pod == pod)
-        .expect("the proxy's connection")
-}
-
 /// A dynamic listener as Envoy holds it.
 #[derive(Debug)]
 struct Held {
@@ -248,7 +224,7 @@ async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() 
     .await;
 
     // (a) Every listener is ACKed: none NACKed in rudder's registry, none in error in Envoy's dump.
-    let conn = wait_lds_acked(&registry, "app-1").await;
+    let conn = wait_acked(&registry, "app-1", &[LISTENER], |_| true).await;
     let mut sent: Vec<&str> = conn.types[LISTENER].sent.names();
     sent.sort();
     let mut expected = SIDECAR_LISTENERS.to_vec();
@@ -432,7 +408,7 @@ async fn gateway_listener_routes_real_traffic_to_a_local_server() {
     ))
     .await;
 
-    let conn = wait_lds_acked(&registry, "ingress-1").await;
+    let conn = wait_acked(&registry, "ingress-1", &[LISTENER], |_| true).await;
     let name = format!("0.0.0.0_{gw_port}");
     assert_eq!(
         conn.types[LISTENER].sent.names(),
@@ -563,7 +539,7 @@ spec:
         AdsApi::Grpc,
     ))
     .await;
-    wait_lds_acked(&registry, "ingress-1").await;
+    wait_acked(&registry, "ingress-1", &[LISTENER], |_| true).await;
     let names = [format!("0.0.0.0_{tls_port}"), format!("0.0.0.0_{tcp_port}")];
     let ls = wait_listeners(&envoy, "the passthrough and TCP listeners", |ls| {
         names.iter().all(|n| ls.iter().any(|l| l.name == *n))
@@ -610,7 +586,7 @@ async fn envoy_accepts_the_book_example_sidecar_listeners() {
         AdsApi::DeltaGrpc,
     ))
     .await;
-    let conn = wait_lds_acked(&registry, pod).await;
+    let conn = wait_acked(&registry, pod, &[LISTENER], |_| true).await;
     let sent = &conn.types[LISTENER].sent;
     for name in [
         "virtualOutbound",
@@ -776,7 +752,7 @@ spec:
         AdsApi::Grpc,
     ))
     .await;
-    wait_lds_acked(&registry, "ingress-1").await;
+    wait_acked(&registry, "ingress-1", &[LISTENER], |_| true).await;
     let names = [
         format!("0.0.0.0_{split_port}"),
         format!("0.0.0.0_{only_b_port}"),
@@ -947,7 +923,7 @@ spec:
         AdsApi::DeltaGrpc,
     ))
     .await;
-    wait_lds_acked(&registry, "client-1").await;
+    wait_acked(&registry, "client-1", &[LISTENER], |_| true).await;
     let names = [
         "virtualOutbound".to_string(),
         format!("{VIP}_20700"),

@@ -28,9 +28,8 @@ use rudder::config::parse::{Document, parse_documents};
 use rudder::envoy::route::{CORS_FILTER, FAULT_FILTER, ROUTER_FILTER, route_configs};
 use rudder::model::Snapshot;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, envoy_binary};
-use rudder::test_helpers::mesh::{free_port, start_rudder as start};
+use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::mesh::{router, sidecar};
-use rudder::xds::Registry;
 use rudder::xds::type_url::ROUTE;
 use serde_json::Value;
 
@@ -520,25 +519,6 @@ fn envoy_validates_every_virtual_service_feature() {
 
 // ---- over ADS ------------------------------------------------------------------------------------------------
 
-/// Waits until the proxy `pod` has ACKed route configurations `names` and never NACKed any; panics with the NACK.
-async fn wait_rds_acked(registry: &Registry, pod: &str, names: &[String]) {
-    registry
-        .wait_for(ADMIN_TIMEOUT, |cs| {
-            cs.iter().filter(|c| c.proxy.id.pod == pod).any(|c| {
-                c.types.get(ROUTE).is_some_and(|t| {
-                    assert!(
-                        t.last_nack.is_none(),
-                        "{pod} rejected routes: {:#?}",
-                        t.last_nack
-                    );
-                    t.is_acked() && names.iter().all(|n| t.sent.contains_key(n))
-                })
-            })
-        })
-        .await
-        .unwrap_or_else(|last| panic!("{pod} never ACKed routes {names:?}: {last:#?}"));
-}
-
 /// The dynamic route configurations in Envoy's dump, by name.
 fn dumped_routes(dump: &Value) -> Vec<(String, Value)> {
     dump["configs"]
@@ -625,12 +605,20 @@ async fn serve_scenario(
     } else {
         Vec::new()
     };
-    wait_rds_acked(&registry, SIDECAR_POD, &side_names).await;
+    wait_acked(&registry, SIDECAR_POD, &[ROUTE], |c| {
+        side_names
+            .iter()
+            .all(|n| c.types[ROUTE].sent.contains_key(n))
+    })
+    .await;
     let side_routes = wait_dumped_routes(&side, &side_names).await;
     let gw_routes = if gw_names.is_empty() {
         Vec::new()
     } else {
-        wait_rds_acked(&registry, GATEWAY_POD, &gw_names).await;
+        wait_acked(&registry, GATEWAY_POD, &[ROUTE], |c| {
+            gw_names.iter().all(|n| c.types[ROUTE].sent.contains_key(n))
+        })
+        .await;
         wait_dumped_routes(&gw, &gw_names).await
     };
     // Nothing was NACKed by either proxy, for any type.
@@ -877,7 +865,10 @@ async fn gateway_routes_answer_real_requests() {
     ))
     .await;
     let names = vec![format!("http.{port}"), format!("http.{redirect_port}")];
-    wait_rds_acked(&registry, GATEWAY_POD, &names).await;
+    wait_acked(&registry, GATEWAY_POD, &[ROUTE], |c| {
+        names.iter().all(|n| c.types[ROUTE].sent.contains_key(n))
+    })
+    .await;
     wait_dumped_routes(&gw, &names).await;
 
     let client = reqwest::Client::builder()
@@ -1105,7 +1096,10 @@ spec:
     ))
     .await;
     let names = vec![format!("http.{gw_port}")];
-    wait_rds_acked(&registry, GATEWAY_POD, &names).await;
+    wait_acked(&registry, GATEWAY_POD, &[ROUTE], |c| {
+        names.iter().all(|n| c.types[ROUTE].sent.contains_key(n))
+    })
+    .await;
     let routes = wait_dumped_routes(&gw, &names).await;
     let vh = vhost(
         find(&routes, &names[0]),

@@ -119,3 +119,39 @@ pub fn free_port() -> u16 {
     }
     panic!("no free TCP port in {LOW}..{}", LOW + SPAN)
 }
+
+/// Waits until the proxy of pod `pod` has ACKed every type URL in `types` and `also` holds on its connection
+/// (names sent, …); returns that connection. Panics at once with Envoy's text when one of those types is
+/// NACKed, and with the last registry state when [`ADMIN_TIMEOUT`](crate::test_helpers::envoy::ADMIN_TIMEOUT)
+/// passes first.
+pub async fn wait_acked(
+    registry: &crate::xds::Registry,
+    pod: &str,
+    types: &[&str],
+    also: impl Fn(&crate::xds::ConnectionStatus) -> bool,
+) -> crate::xds::ConnectionStatus {
+    let ready = |c: &crate::xds::ConnectionStatus| {
+        c.proxy.id.pod == pod
+            && types.iter().all(|ty| {
+                c.types.get(*ty).is_some_and(|t| {
+                    assert!(
+                        t.last_nack.is_none(),
+                        "{pod} rejected {ty}: {:#?}",
+                        t.last_nack
+                    );
+                    t.is_acked()
+                })
+            })
+            && also(c)
+    };
+    let conns = registry
+        .wait_for(crate::test_helpers::envoy::ADMIN_TIMEOUT, |cs| {
+            cs.iter().any(ready)
+        })
+        .await
+        .unwrap_or_else(|last| panic!("{pod} never ACKed {types:?}: {last:#?}"));
+    conns
+        .into_iter()
+        .find(|c| ready(c))
+        .expect("the proxy's connection")
+}
