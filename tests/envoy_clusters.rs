@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rudder::app;
-use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dynamic_resources};
+use rudder::test_helpers::envoy::{
+    ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries, dumped, dynamic_resources,
+};
 use rudder::test_helpers::mesh::{start_rudder as start, wait_acked};
 use rudder::xds::type_url::{CLUSTER, ENDPOINT};
 use serde_json::Value;
@@ -48,35 +50,13 @@ async fn wait_clusters(envoy: &Envoy, expected: &BTreeSet<String>) -> Value {
 
 /// The active dynamic cluster `name` as Envoy dumped it.
 fn dumped_cluster<'a>(dump: &'a Value, name: &str) -> &'a Value {
-    dump["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| {
-            c["@type"]
-                .as_str()
-                .unwrap_or_default()
-                .ends_with("ClustersConfigDump")
-        })
-        .flat_map(|c| c["dynamic_active_clusters"].as_array().unwrap().iter())
-        .map(|c| &c["cluster"])
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("cluster {name} not in the dump"))
+    dumped(dump, "cluster", name).unwrap_or_else(|| panic!("cluster {name} not in the dump"))
 }
 
 /// Endpoint addresses Envoy holds for `cluster` (from the EDS part of the dump).
 fn dumped_endpoints(dump: &Value, cluster: &str) -> BTreeSet<String> {
-    dump["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| {
-            c["@type"]
-                .as_str()
-                .unwrap_or_default()
-                .ends_with("EndpointsConfigDump")
-        })
-        .flat_map(|c| c["dynamic_endpoint_configs"].as_array().unwrap().iter())
+    dump_entries(dump, "EndpointsConfigDump", "dynamic_endpoint_configs")
+        .into_iter()
         .map(|e| &e["endpoint_config"])
         .filter(|e| e["cluster_name"] == cluster)
         .flat_map(|e| e["endpoints"].as_array().cloned().unwrap_or_default())

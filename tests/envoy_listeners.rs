@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap};
+use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries};
 use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::netns;
 use rudder::xds::type_url::LISTENER;
@@ -156,49 +156,39 @@ struct Held {
 
 /// Every dynamic listener in a config dump, active or warming.
 fn dumped_listeners(dump: &Value) -> Vec<Held> {
-    let mut out = Vec::new();
-    for c in dump["configs"].as_array().into_iter().flatten() {
-        if !c["@type"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("ListenersConfigDump")
-        {
-            continue;
-        }
-        for l in c["dynamic_listeners"].as_array().into_iter().flatten() {
+    dump_entries(dump, "ListenersConfigDump", "dynamic_listeners")
+        .into_iter()
+        .map(|l| {
             let active = !l["active_state"].is_null();
             let state = if active {
                 &l["active_state"]
             } else {
                 &l["warming_state"]
             };
-            out.push(Held {
+            Held {
                 name: l["name"].as_str().unwrap_or_default().to_owned(),
                 config: state["listener"].clone(),
                 error: (!l["error_state"].is_null()).then(|| l["error_state"].clone()),
                 active,
-            });
-        }
-    }
-    out
+            }
+        })
+        .collect()
 }
 
 /// Polls the dump until `cond` holds on its listeners.
 async fn wait_listeners(envoy: &Envoy, what: &str, cond: impl Fn(&[Held]) -> bool) -> Vec<Held> {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        let ls = dumped_listeners(&envoy.config_dump().await);
-        if cond(&ls) {
-            return ls;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Envoy never showed {what}; listeners: {:#?}\nlog:\n{}",
-            ls.iter().map(|l| (&l.name, l.active)).collect::<Vec<_>>(),
-            envoy.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    envoy
+        .wait_dump(what, ADMIN_TIMEOUT, |dump| {
+            let ls = dumped_listeners(dump);
+            if cond(&ls) {
+                return Ok(ls);
+            }
+            Err(format!(
+                "listeners: {:#?}",
+                ls.iter().map(|l| (&l.name, l.active)).collect::<Vec<_>>()
+            ))
+        })
+        .await
 }
 
 /// The cluster of `virtualOutbound`'s default chain as Envoy holds it.

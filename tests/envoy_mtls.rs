@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rudder::security::testing::TokenSpec;
-use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, Envoy};
+use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, Envoy, dumped};
 use rudder::test_helpers::identity::IdentityMesh;
 use rudder::test_helpers::mesh::free_port;
 use rudder::test_helpers::netns;
@@ -309,28 +309,9 @@ async fn wait_ok(port: u16, client: &Envoy, server: &Envoy) -> String {
     }
 }
 
-fn active(dump: &Value, section: &str, list: &str, inner: &str, name: &str) -> Option<Value> {
-    dump["configs"]
-        .as_array()?
-        .iter()
-        .filter(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(section)))
-        .flat_map(|c| c[list].as_array().cloned().unwrap_or_default())
-        .map(|item| match inner {
-            "listener" => item["active_state"]["listener"].clone(),
-            _ => item[inner].clone(),
-        })
-        .find(|body| body["name"] == name)
-}
-
 /// `(transport_protocol, terminates TLS)` of the server's `virtualInbound` chains for the app port.
 fn app_port_chains(dump: &Value) -> Vec<(String, bool)> {
-    let Some(l) = active(
-        dump,
-        "ListenersConfigDump",
-        "dynamic_listeners",
-        "listener",
-        "virtualInbound",
-    ) else {
+    let Some(l) = dumped(dump, "listener", "virtualInbound") else {
         return Vec::new();
     };
     l["filter_chains"]
@@ -352,13 +333,7 @@ fn app_port_chains(dump: &Value) -> Vec<(String, bool)> {
 
 /// Whether the client's httpbin cluster uses auto-mTLS socket matches.
 fn client_auto_mtls(dump: &Value) -> Option<bool> {
-    let c = active(
-        dump,
-        "ClustersConfigDump",
-        "dynamic_active_clusters",
-        "cluster",
-        CLUSTER,
-    )?;
+    let c = dumped(dump, "cluster", CLUSTER)?;
     Some(
         c["transport_socket_matches"]
             .as_array()
@@ -367,27 +342,19 @@ fn client_auto_mtls(dump: &Value) -> Option<bool> {
 }
 
 async fn wait_dump(envoy: &Envoy, what: &str, cond: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        let dump = envoy.config_dump().await;
-        if cond(&dump) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Envoy never showed {what}; cluster: {:#}\nlog:\n{}",
-            active(
-                &dump,
-                "ClustersConfigDump",
-                "dynamic_active_clusters",
-                "cluster",
-                CLUSTER
-            )
-            .unwrap_or_default(),
-            envoy.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    envoy
+        .wait_dump(what, ADMIN_TIMEOUT, |dump| {
+            if cond(dump) {
+                return Ok(());
+            }
+            Err(format!(
+                "cluster: {:#}",
+                dumped(dump, "cluster", CLUSTER)
+                    .cloned()
+                    .unwrap_or_default()
+            ))
+        })
+        .await
 }
 
 /// Envoy's own count of rejected LDS/CDS/SDS updates (cumulative, unlike rudder's last NACK).

@@ -27,7 +27,9 @@ use prost::{Message, Name};
 use rudder::config::parse::{Document, parse_documents};
 use rudder::envoy::route::{CORS_FILTER, FAULT_FILTER, ROUTER_FILTER, route_configs};
 use rudder::model::Snapshot;
-use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, envoy_binary};
+use rudder::test_helpers::envoy::{
+    ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries, envoy_binary,
+};
 use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::mesh::{router, sidecar};
 use rudder::xds::type_url::ROUTE;
@@ -521,22 +523,8 @@ fn envoy_validates_every_virtual_service_feature() {
 
 /// The dynamic route configurations in Envoy's dump, by name.
 fn dumped_routes(dump: &Value) -> Vec<(String, Value)> {
-    dump["configs"]
-        .as_array()
+    dump_entries(dump, "RoutesConfigDump", "dynamic_route_configs")
         .into_iter()
-        .flatten()
-        .filter(|c| {
-            c["@type"]
-                .as_str()
-                .unwrap_or_default()
-                .ends_with("RoutesConfigDump")
-        })
-        .flat_map(|c| {
-            c["dynamic_route_configs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
         .map(|r| {
             (
                 r["route_config"]["name"]
@@ -550,20 +538,18 @@ fn dumped_routes(dump: &Value) -> Vec<(String, Value)> {
 }
 
 async fn wait_dumped_routes(envoy: &Envoy, names: &[String]) -> Vec<(String, Value)> {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        let routes = dumped_routes(&envoy.config_dump().await);
-        if names.iter().all(|n| routes.iter().any(|r| &r.0 == n)) {
-            return routes;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Envoy never showed routes {names:?}; has {:?}\nlog:\n{}",
-            routes.iter().map(|r| &r.0).collect::<Vec<_>>(),
-            envoy.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    envoy
+        .wait_dump(&format!("routes {names:?}"), ADMIN_TIMEOUT, |dump| {
+            let routes = dumped_routes(dump);
+            if names.iter().all(|n| routes.iter().any(|r| &r.0 == n)) {
+                return Ok(routes);
+            }
+            Err(format!(
+                "has {:?}",
+                routes.iter().map(|r| &r.0).collect::<Vec<_>>()
+            ))
+        })
+        .await
 }
 
 fn vhost<'a>(rc: &'a Value, name: &str) -> &'a Value {

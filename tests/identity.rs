@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use rudder::security::CaSource;
 use rudder::security::bootstrap::{sds_over_ads, tls_ads_grpc_service, use_tls_ads};
 use rudder::security::testing::{TestIssuer, TokenSpec};
-use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, envoy_binary};
+use rudder::test_helpers::envoy::{
+    ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries, envoy_binary,
+};
 use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME};
 use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::SECRET;
@@ -316,40 +318,24 @@ fn client_clusters(server_port: u16) -> Value {
     }])
 }
 
-/// `(default, ROOTCA)` as Envoy holds them: names of `dynamic_active_secrets`.
+/// `(default, ROOTCA)` as Envoy holds them: `dynamic_active_secrets`.
 fn active_secrets(dump: &Value) -> Vec<Value> {
-    dump["configs"]
-        .as_array()
+    dump_entries(dump, "SecretsConfigDump", "dynamic_active_secrets")
         .into_iter()
-        .flatten()
-        .filter(|c| {
-            c["@type"]
-                .as_str()
-                .is_some_and(|t| t.ends_with("SecretsConfigDump"))
-        })
-        .flat_map(|c| {
-            c["dynamic_active_secrets"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+        .cloned()
         .collect()
 }
 
 async fn wait_secrets(envoy: &Envoy) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        let secrets = active_secrets(&envoy.config_dump().await);
-        if secrets.len() == 2 {
-            return secrets;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Envoy did not get default and ROOTCA; log:\n{}",
-            envoy.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    envoy
+        .wait_dump("default and ROOTCA", ADMIN_TIMEOUT, |dump| {
+            let secrets = active_secrets(dump);
+            if secrets.len() == 2 {
+                return Ok(secrets);
+            }
+            Err(format!("has {} secrets", secrets.len()))
+        })
+        .await
 }
 
 /// The peer identity `httpbin` saw for a request through `sleep`, once the path works.

@@ -237,6 +237,29 @@ impl Envoy {
         }
     }
 
+    /// Polls `/config_dump` until `probe` returns `Ok` on it, and returns that value; after `timeout` panics with
+    /// `what`, the last `Err` (the probe's account of what it saw) and Envoy's log.
+    pub async fn wait_dump<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        probe: impl Fn(&Value) -> Result<T, String>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let seen = match probe(&self.config_dump().await) {
+                Ok(found) => return found,
+                Err(seen) => seen,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Envoy never showed {what}; {seen}\nlog:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Polls an admin path until `cond` holds on its body.
     pub async fn wait_admin(
         &self,
@@ -336,4 +359,53 @@ pub fn version_of(dumped: &[Dumped], kind: &str, name: &str) -> Option<String> {
         .iter()
         .find(|d| d.kind == kind && d.name == name)
         .map(|d| d.version.clone())
+}
+
+/// The entries of list `field` (`dynamic_active_clusters`, `dynamic_route_configs`, …) in the config-dump
+/// sections whose `@type` ends with `section` (`ClustersConfigDump`, `RoutesConfigDump`, …).
+pub fn dump_entries<'a>(dump: &'a Value, section: &str, field: &str) -> Vec<&'a Value> {
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(section)))
+        .flat_map(|c| c[field].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// The active dynamic resource `name` of `kind` (`cluster`, `endpoint` by cluster name, `listener`, `route`,
+/// `secret`) as Envoy dumped it, if it holds one.
+pub fn dumped<'a>(dump: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
+    let (section, field, body, name_key) = match kind {
+        "cluster" => (
+            "ClustersConfigDump",
+            "dynamic_active_clusters",
+            "/cluster",
+            "name",
+        ),
+        "endpoint" => (
+            "EndpointsConfigDump",
+            "dynamic_endpoint_configs",
+            "/endpoint_config",
+            "cluster_name",
+        ),
+        "listener" => (
+            "ListenersConfigDump",
+            "dynamic_listeners",
+            "/active_state/listener",
+            "name",
+        ),
+        "route" => (
+            "RoutesConfigDump",
+            "dynamic_route_configs",
+            "/route_config",
+            "name",
+        ),
+        "secret" => ("SecretsConfigDump", "dynamic_active_secrets", "", "name"),
+        other => panic!("no dynamic resource kind {other}"),
+    };
+    dump_entries(dump, section, field)
+        .into_iter()
+        .filter_map(|e| e.pointer(body))
+        .find(|b| b[name_key] == name)
 }
