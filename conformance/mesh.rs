@@ -1195,16 +1195,7 @@ impl Mesh {
     pub fn cert_serials(&self, pod: &Pod) -> Vec<String> {
         let certs: Value =
             serde_json::from_str(&self.envoy_admin(pod, "/certs")).unwrap_or_default();
-        let mut serials: Vec<String> = certs["certificates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
-            .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
-            .collect();
-        serials.sort();
-        serials.dedup();
-        serials
+        rudder::test_helpers::envoy::cert_serials(&certs)
     }
 
     /// An HTTP request from inside `pod` (`curl` in its network namespace, as root: a sidecar pod's request is

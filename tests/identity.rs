@@ -14,7 +14,7 @@ use rudder::security::CaSource;
 use rudder::security::bootstrap::{sds_over_ads, tls_ads_grpc_service, use_tls_ads};
 use rudder::security::testing::{TestIssuer, TokenSpec};
 use rudder::test_helpers::envoy::{
-    ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries, envoy_binary,
+    ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, cert_serials, dump_entries, envoy_binary,
 };
 use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME};
 use rudder::test_helpers::mesh::free_port;
@@ -456,17 +456,7 @@ async fn tls_ads_bootstrap_validates_with_envoy() {
 
 /// Serial numbers of the leaf certificates Envoy currently uses (admin `/certs`).
 async fn leaf_serials(envoy: &Envoy) -> Vec<String> {
-    let certs: Value = serde_json::from_str(&envoy.admin_get("/certs").await).unwrap();
-    let mut serials: Vec<String> = certs["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
-        .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
-        .collect();
-    serials.sort();
-    serials.dedup();
-    serials
+    cert_serials(&serde_json::from_str(&envoy.admin_get("/certs").await).unwrap())
 }
 
 #[tokio::test]

@@ -409,3 +409,18 @@ pub fn dumped<'a>(dump: &'a Value, kind: &str, name: &str) -> Option<&'a Value> 
         .filter_map(|e| e.pointer(body))
         .find(|b| b[name_key] == name)
 }
+
+/// Serial numbers of the certificates in an admin `/certs` answer (every context's chain), sorted and unique:
+/// which leaf certificates Envoy uses right now.
+pub fn cert_serials(certs: &Value) -> Vec<String> {
+    let mut serials: Vec<String> = certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
+        .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
+        .collect();
+    serials.sort();
+    serials.dedup();
+    serials
+}
