@@ -6,5 +6,6 @@ pub mod gotmpl;
 pub mod identity;
 pub mod kube;
 pub mod mesh;
+pub mod named;
 pub mod netns;
 pub mod xds_fixtures;

@@ -9,6 +9,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use crate::envoy::endpoint::load_assignments;
 use crate::model::Snapshot;
 use crate::test_helpers::mesh::{sidecar, snapshot_from_yaml};
+use crate::test_helpers::named::find;
 
 const MESH: &str = r#"
 apiVersion: v1
@@ -110,12 +111,6 @@ fn with(extra: &str) -> Snapshot {
 
 fn assignments(snap: &Snapshot) -> Vec<ClusterLoadAssignment> {
     load_assignments(&sidecar(snap, "shop", "client-7d9f8c6b5-abcde"))
-}
-
-fn find<'a>(all: &'a [ClusterLoadAssignment], name: &str) -> &'a ClusterLoadAssignment {
-    all.iter()
-        .find(|a| a.cluster_name == name)
-        .unwrap_or_else(|| panic!("no assignment {name}"))
 }
 
 fn addr(ep: &LbEndpoint) -> (String, u32) {

@@ -23,6 +23,7 @@ use prost::Message;
 use super::{HTTP_PROTOCOL_OPTIONS, clusters, hash_policy_for_destination};
 use crate::model::Snapshot;
 use crate::test_helpers::mesh::{router, sidecar, snapshot_from_yaml};
+use crate::test_helpers::named::find;
 
 /// Namespace `shop`: the sidecar pod `app-1` (10.0.0.5) behind `app`, a `reviews` service with v1/v2 pods, an
 /// HTTP/2 `grpc-api` service, a headless `db`, and ServiceEntries of every resolution.
@@ -143,15 +144,6 @@ fn with(extra: &str) -> Snapshot {
 
 fn sidecar_clusters(snap: &Snapshot) -> Vec<Cluster> {
     clusters(&sidecar(snap, "shop", "app-1"))
-}
-
-fn find<'a>(cs: &'a [Cluster], name: &str) -> &'a Cluster {
-    cs.iter().find(|c| c.name == name).unwrap_or_else(|| {
-        panic!(
-            "no cluster {name}; have {:?}",
-            cs.iter().map(|c| &c.name).collect::<Vec<_>>()
-        )
-    })
 }
 
 fn dtype(c: &Cluster) -> DiscoveryType {

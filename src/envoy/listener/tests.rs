@@ -13,6 +13,7 @@ use prost::Message;
 use super::listeners;
 use crate::model::Snapshot;
 use crate::test_helpers::mesh::{objects_from_yaml, router, sidecar, snapshot_from_yaml};
+use crate::test_helpers::named::find;
 use gateway::GATEWAYS;
 
 mod gateway;
@@ -107,15 +108,6 @@ fn with(extra: &str) -> Snapshot {
 
 fn sidecar_listeners(snap: &Snapshot) -> Vec<Listener> {
     listeners(&sidecar(snap, "shop", "app-1"))
-}
-
-fn find<'a>(ls: &'a [Listener], name: &str) -> &'a Listener {
-    ls.iter().find(|l| l.name == name).unwrap_or_else(|| {
-        panic!(
-            "no listener {name}; have {:?}",
-            ls.iter().map(|l| &l.name).collect::<Vec<_>>()
-        )
-    })
 }
 
 fn chain<'a>(l: &'a Listener, name: &str) -> &'a FilterChain {

@@ -16,6 +16,7 @@ use prost::Message;
 use super::{CORS_FILTER, FAULT_FILTER, route_configs, virtual_service_conflicts};
 use crate::model::Snapshot;
 use crate::test_helpers::mesh::{router, sidecar, snapshot_from_yaml};
+use crate::test_helpers::named::find as config;
 
 /// Namespace `shop` with the sidecar pod `app-1` (labels app=app, version=v1), HTTP services `reviews` (9080,
 /// VIP 10.96.0.10), `ratings` (9080) and `app` (80), a TCP service sharing port 9080, a service `catalog` in
@@ -97,15 +98,6 @@ fn with(extra: &str) -> Snapshot {
 
 fn sidecar_routes(snap: &Snapshot) -> Vec<RouteConfiguration> {
     route_configs(&sidecar(snap, "shop", "app-1"))
-}
-
-fn config<'a>(rcs: &'a [RouteConfiguration], name: &str) -> &'a RouteConfiguration {
-    rcs.iter().find(|r| r.name == name).unwrap_or_else(|| {
-        panic!(
-            "no route config {name}; have {:?}",
-            rcs.iter().map(|r| &r.name).collect::<Vec<_>>()
-        )
-    })
 }
 
 fn vhost<'a>(rc: &'a RouteConfiguration, name: &str) -> &'a VirtualHost {
