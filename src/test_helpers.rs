@@ -5,6 +5,7 @@ pub mod envoy;
 pub mod gotmpl;
 pub mod identity;
 pub mod kube;
+pub mod loopback;
 pub mod mesh;
 pub mod named;
 pub mod netns;

@@ -16,6 +16,7 @@ use rudder::app;
 use rudder::test_helpers::envoy::{
     ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries, dumped, dynamic_resources,
 };
+use rudder::test_helpers::loopback::http_client;
 use rudder::test_helpers::mesh::{start_rudder as start, wait_acked};
 use rudder::xds::type_url::{CLUSTER, ENDPOINT};
 use serde_json::Value;
@@ -582,7 +583,7 @@ async fn gateway_with_traffic(
     )
     .await;
     let url = format!("http://127.0.0.1:{gw_port}/");
-    let c = client();
+    let c = http_client(Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
     loop {
         if let Ok(r) = c
@@ -603,14 +604,6 @@ async fn gateway_with_traffic(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (rudder, envoy, url)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
 }
 
 /// (status, body) of one request through the gateway.
@@ -635,7 +628,7 @@ async fn consistent_hash_keeps_a_user_on_one_backend() {
         "RING_HASH"
     );
 
-    let c = client();
+    let c = http_client(Duration::from_secs(5));
     let mut seen = BTreeSet::new();
     for i in 0..16 {
         let user = format!("user-{i}");
@@ -660,7 +653,7 @@ async fn book_outlier_detection_ejects_a_failing_backend() {
     let dir = tempfile::tempdir().unwrap();
     let dr = "  trafficPolicy:\n    connectionPool:\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}\n";
     let (rudder, envoy, url) = gateway_with_traffic(dir.path(), port, dr).await;
-    let c = client();
+    let c = http_client(Duration::from_secs(5));
     // Until backend-1 has failed once, requests may reach it.
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
     while backends[0].hits.load(Ordering::SeqCst) == 0 {

@@ -2,11 +2,11 @@
 //! rudder generates for a sidecar is accepted, the outbound capture listener follows the mesh's outbound
 //! policy as it changes, and a gateway routes real traffic on loopback to a local HTTP server.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries};
+use rudder::test_helpers::loopback::{http_client, http_server, tcp_named};
 use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::netns;
 use rudder::xds::type_url::LISTENER;
@@ -308,15 +308,6 @@ async fn envoy_accepts_every_sidecar_listener_and_follows_the_outbound_policy() 
     bound.shutdown().await;
 }
 
-/// A local HTTP server standing in for the application.
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(|| async { "hello from fruits" });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 fn gateway_yaml(app_port: u16, gw_port: u16) -> String {
     format!(
         r#"
@@ -380,7 +371,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_listener_routes_real_traffic_to_a_local_server() {
-    let up = upstream().await;
+    let up = http_server("127.0.0.1", "hello from fruits").await;
     let gw_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -413,11 +404,7 @@ async fn gateway_listener_routes_real_traffic_to_a_local_server() {
 
     // A request with the VirtualService's host goes through the gateway listener (RDS http.<port>) to the
     // upstream; another host has no route.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let client = http_client(Duration::from_secs(2));
     let url = format!("http://127.0.0.1:{gw_port}/shake");
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
     loop {
@@ -623,22 +610,6 @@ async fn envoy_accepts_the_book_example_sidecar_listeners() {
     bound.shutdown().await;
 }
 
-/// A TCP server on `ip` that answers every connection with `name` and closes: which backend a connection reached.
-async fn tcp_backend(ip: &str, name: &'static str) -> u16 {
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = s.write_all(name.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
 /// The backend that answered one connection through `port` ("" when Envoy closed it without a backend).
 async fn tcp_call(port: u16) -> String {
     use tokio::io::AsyncReadExt;
@@ -659,8 +630,8 @@ async fn tcp_call(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_routes_match_the_port_and_split_connections_by_weight() {
     let (a_port, b_port) = (
-        tcp_backend("127.0.0.11", "a").await,
-        tcp_backend("127.0.0.12", "b").await,
+        tcp_named("127.0.0.11", "a").await,
+        tcp_named("127.0.0.12", "b").await,
     );
     let (split_port, only_b_port) = (free_port(), free_port());
     let yaml = format!(
@@ -836,8 +807,8 @@ async fn sidecar_tcp_scenario() {
     // to the backends' pod addresses and are left alone).
     netns::redirect(VIP, None, 15001);
     let (a_port, b_port) = (
-        tcp_backend("127.0.0.11", "a").await,
-        tcp_backend("127.0.0.12", "b").await,
+        tcp_named("127.0.0.11", "a").await,
+        tcp_named("127.0.0.12", "b").await,
     );
     let yaml = format!(
         r#"

@@ -21,6 +21,7 @@ use std::time::Duration;
 use rudder::security::testing::TokenSpec;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, Envoy, dumped};
 use rudder::test_helpers::identity::IdentityMesh;
+use rudder::test_helpers::loopback::http_client;
 use rudder::test_helpers::mesh::free_port;
 use rudder::test_helpers::netns;
 use serde_json::{Value, json};
@@ -274,11 +275,7 @@ async fn start_app(hits: Arc<AtomicUsize>) {
 /// One request through the client sidecar (or gateway) on `port`: `Ok(body)` (the XFCC the app saw) for a 200,
 /// `Err` otherwise.
 async fn request(port: u16) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
+    let client = http_client(Duration::from_secs(3));
     let resp = client
         .get(format!("http://127.0.0.1:{port}/get"))
         .send()

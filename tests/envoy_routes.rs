@@ -30,6 +30,7 @@ use rudder::model::Snapshot;
 use rudder::test_helpers::envoy::{
     ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_entries, envoy_binary,
 };
+use rudder::test_helpers::loopback::http_named;
 use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::mesh::{router, sidecar};
 use rudder::xds::type_url::ROUTE;
@@ -967,24 +968,14 @@ async fn gateway_routes_answer_real_requests() {
 
 // ---- delegate VirtualServices, end to end --------------------------------------------------------------------
 
-/// An HTTP server on `ip` answering `<name> <path>`: which backend served a request, and what path it saw.
-async fn named_upstream(ip: &str, name: &'static str) -> u16 {
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new()
-        .fallback(move |uri: axum::http::Uri| async move { format!("{name} {}", uri.path()) });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
 /// A root VirtualService on a gateway delegates `/team` to a host-less VirtualService in another namespace (loaded
 /// from the config directory: validation accepts delegates). Real requests reach the delegate's destinations, with
 /// the root's header operation inherited; the root's other rule still answers the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegate_virtual_services_route_real_requests() {
     let _serial = ENVOY_LOCK.lock().await;
-    let a_port = named_upstream("127.0.0.11", "a").await;
-    let b_port = named_upstream("127.0.0.12", "b").await;
+    let a_port = http_named("127.0.0.11", "a").await;
+    let b_port = http_named("127.0.0.12", "b").await;
     let gw_port = free_port();
     let yaml = format!(
         r#"

@@ -17,6 +17,7 @@ use rudder::test_helpers::envoy::{
     ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, cert_serials, dump_entries, envoy_binary,
 };
 use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME};
+use rudder::test_helpers::loopback::http_client;
 use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::SECRET;
 use serde_json::{Value, json};
@@ -340,11 +341,7 @@ async fn wait_secrets(envoy: &Envoy) -> Vec<Value> {
 
 /// The peer identity `httpbin` saw for a request through `sleep`, once the path works.
 async fn peer_through(port: u16) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let client = http_client(Duration::from_secs(2));
     let resp = client
         .get(format!("http://127.0.0.1:{port}/"))
         .send()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rudder::test_helpers::ads::TestServer;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, version_of};
+use rudder::test_helpers::loopback::{http_client, http_server};
 use rudder::test_helpers::xds_fixtures::{
     Publisher, StaticGenerator, cluster, endpoints, listener, route, route_regex,
 };
@@ -15,15 +16,6 @@ use rudder::xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use rudder::xds::{ConnectionStatus, Registry};
 
 const NODE: &str = "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local";
-
-/// A local HTTP server standing in for the application.
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(|| async { "hello from upstream" });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
 
 /// A port free right now, for Envoy's listener.
 fn free_port() -> SocketAddr {
@@ -36,14 +28,6 @@ fn config(up: SocketAddr, listen: SocketAddr, tag: &str) -> StaticGenerator {
         .with(endpoints("backend", &[up]))
         .with(listener("http", listen, "http-routes"))
         .with(route("http-routes", "backend", "/", tag))
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
 }
 
 /// GET through Envoy's listener: (status, x-rudder-tag, body).
@@ -64,7 +48,7 @@ async fn get(
 
 /// Waits until requests through Envoy come back 200 with `tag`.
 async fn wait_traffic(envoy: &Envoy, listen: SocketAddr, tag: &str) {
-    let client = http();
+    let client = http_client(Duration::from_secs(2));
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
     loop {
         let got = get(&client, listen).await;
@@ -102,7 +86,7 @@ async fn wait_synced(
 }
 
 async fn scenario(api: AdsApi) {
-    let up = upstream().await;
+    let up = http_server("127.0.0.1", "hello from upstream").await;
     let listen = free_port();
     let (mut publisher, rx) = Publisher::new();
     let v1 = publisher.publish(config(up, listen, "v1"), false);
@@ -199,7 +183,7 @@ async fn envoy_delta_receives_config_pushes_and_nacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_survives_control_plane_restart() {
-    let up = upstream().await;
+    let up = http_server("127.0.0.1", "hello from upstream").await;
     let listen = free_port();
     let (mut publisher, rx) = Publisher::new();
     publisher.publish(config(up, listen, "v1"), false);
@@ -211,7 +195,7 @@ async fn envoy_survives_control_plane_restart() {
 
     // Steady traffic while the control plane goes away and comes back: at most 200 requests in 20 s.
     let traffic = tokio::spawn(async move {
-        let client = http();
+        let client = http_client(Duration::from_secs(2));
         let (mut ok, mut failed) = (0u32, Vec::new());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
