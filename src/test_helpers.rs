@@ -9,4 +9,5 @@ pub mod loopback;
 pub mod mesh;
 pub mod named;
 pub mod netns;
+pub mod process;
 pub mod xds_fixtures;

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use rudder::test_helpers::process::output_with_stdin;
+
 fn rudder() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rudder"));
     c.env("RUST_LOG", "info").env_remove("RUDDER_CONFIG_DIR");
@@ -58,19 +60,7 @@ fn every_book_manifest_validates_strictly() {
 #[test]
 fn validate_reports_exact_lines_and_exit_codes() {
     let bad = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: 60\n    - destination: {host: b}\n      weight: 30\n  colour: red\n";
-    let mut child = rudder()
-        .args(["validate", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bad.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(rudder().args(["validate", "-f", "-"]), bad);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -87,19 +77,7 @@ fn validate_reports_exact_lines_and_exit_codes() {
     );
 
     // Lenient: unknown fields are warnings; the weights still make it invalid.
-    let mut child = rudder()
-        .args(["validate", "--lenient", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bad.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(rudder().args(["validate", "--lenient", "-f", "-"]), bad);
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains("warning: VirtualService shop/r: spec.colour: unknown field")

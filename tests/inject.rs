@@ -14,6 +14,7 @@ use rudder::config::Object;
 use rudder::config::parse::yaml_value;
 use rudder::config::store::{Change, Store};
 use rudder::inject::webhook::{WebhookState, router};
+use rudder::test_helpers::process::output_with_stdin;
 use serde_json::{Value, json};
 
 fn book(path: &str) -> PathBuf {
@@ -350,20 +351,10 @@ fn kube_inject_output_is_valid_kubernetes_objects_with_the_sidecar() {
     assert_eq!(back["spec"]["template"], docs[1]["spec"]["template"]);
 
     // Through stdin, and idempotent: injecting the output again gives the same output.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rudder"))
-        .args(["kube-inject", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let again = child.wait_with_output().unwrap();
+    let again = output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_rudder")).args(["kube-inject", "-f", "-"]),
+        &text,
+    );
     assert!(again.status.success());
     assert_eq!(String::from_utf8(again.stdout).unwrap(), text);
 }
