@@ -28,6 +28,14 @@ fn base() -> StaticGenerator {
         .with(route("r", "a", "/", "v1"))
 }
 
+/// A server that has published `base()`, and the publisher for later generations (keep it: dropping it ends the
+/// server's generation feed).
+async fn serving_base() -> (Publisher, TestServer) {
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    (publisher, TestServer::start(rx).await)
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -54,9 +62,7 @@ async fn wait_type(
 
 #[tokio::test]
 async fn sotw_initial_fetch_then_ack_gets_nothing_more() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (_publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
 
     c.request(CLUSTER, &[], "", "").await;
@@ -88,9 +94,7 @@ async fn sotw_initial_fetch_then_ack_gets_nothing_more() {
 
 #[tokio::test]
 async fn first_request_without_node_is_invalid_argument() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (_publisher, server) = serving_base().await;
     let mut c = SotwClient::connect_with(server.addr, None).await;
     c.request(CLUSTER, &[], "", "").await;
     let status = c.recv_status().await;
@@ -120,9 +124,7 @@ async fn streams_wait_for_the_first_generation() {
 
 #[tokio::test]
 async fn sotw_nack_is_recorded_and_cleared_by_the_next_ack() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
 
     c.request(CLUSTER, &[], "", "").await;
@@ -164,9 +166,7 @@ async fn sotw_nack_is_recorded_and_cleared_by_the_next_ack() {
 
 #[tokio::test]
 async fn stale_nonce_is_ignored_and_the_next_ack_carries_the_names() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
 
     c.request(ENDPOINT, &["a"], "", "").await;
@@ -201,9 +201,7 @@ async fn stale_nonce_is_ignored_and_the_next_ack_carries_the_names() {
 
 #[tokio::test]
 async fn sotw_reconnect_gets_a_full_response() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (_publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
     c.request(LISTENER, &[], "", "").await;
     let r = c.recv().await;
@@ -226,9 +224,7 @@ async fn sotw_reconnect_gets_a_full_response() {
 
 #[tokio::test]
 async fn sotw_eds_and_rds_subscribe_and_unsubscribe_by_name() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
 
     c.request(ENDPOINT, &["a"], "", "").await;
@@ -272,9 +268,7 @@ async fn sotw_eds_and_rds_subscribe_and_unsubscribe_by_name() {
 
 #[tokio::test]
 async fn pushes_only_what_changed_in_make_before_break_order() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
     for (t, names) in [
         (CLUSTER, &[][..]),
@@ -320,9 +314,7 @@ async fn pushes_only_what_changed_in_make_before_break_order() {
 
 #[tokio::test]
 async fn delta_sends_only_added_changed_and_removed() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = DeltaClient::connect(server.addr, &node_id("p1", "ns")).await;
 
     c.subscribe(CLUSTER, &[]).await; // legacy wildcard
@@ -375,9 +367,7 @@ async fn delta_sends_only_added_changed_and_removed() {
 
 #[tokio::test]
 async fn delta_reconnect_honours_initial_resource_versions() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (_publisher, server) = serving_base().await;
     let va = cluster("a").version.clone();
 
     let mut c = DeltaClient::connect(server.addr, &node_id("p1", "ns")).await;
@@ -406,9 +396,7 @@ async fn delta_reconnect_honours_initial_resource_versions() {
 
 #[tokio::test]
 async fn delta_explicit_and_wildcard_subscriptions() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = DeltaClient::connect(server.addr, &node_id("p1", "ns")).await;
 
     c.subscribe(ENDPOINT, &["a"]).await;
@@ -453,9 +441,7 @@ async fn delta_explicit_and_wildcard_subscriptions() {
 
 #[tokio::test]
 async fn drain_closes_streams() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (_publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
     c.request(CLUSTER, &[], "", "").await;
     c.recv().await;
@@ -468,9 +454,7 @@ async fn drain_closes_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_pushes_once_per_affected_type_and_skips_unaffected_proxies() {
     const CLIENTS: usize = 200;
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
 
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
@@ -535,9 +519,7 @@ async fn fan_out_pushes_once_per_affected_type_and_skips_unaffected_proxies() {
 
 #[tokio::test]
 async fn streams_subscribed_to_the_same_names_share_state() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (_publisher, server) = serving_base().await;
     let mut clients = Vec::new();
     for (pod, names) in [("p1", ["a", "b"]), ("p2", ["b", "a"]), ("p3", ["a", "a"])] {
         let mut c = DeltaClient::connect(server.addr, &node_id(pod, "ns")).await;
@@ -578,9 +560,7 @@ async fn streams_subscribed_to_the_same_names_share_state() {
 #[tokio::test]
 async fn sotw_changed_cluster_gets_its_endpoints_again() {
     // Envoy re-warms a changed EDS cluster and waits for endpoints without asking again (same names).
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
     for (t, names) in [(CLUSTER, &[][..]), (ENDPOINT, &["a", "b"][..])] {
         c.request(t, names, "", "").await;
@@ -612,9 +592,7 @@ async fn sotw_changed_cluster_gets_its_endpoints_again() {
 
 #[tokio::test]
 async fn delta_changed_cluster_gets_its_endpoints_again() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let server = TestServer::start(rx).await;
+    let (mut publisher, server) = serving_base().await;
     let mut c = DeltaClient::connect(server.addr, &node_id("p1", "ns")).await;
     c.subscribe(CLUSTER, &[]).await;
     let r = c.recv().await;
