@@ -9,6 +9,7 @@ use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, dump_
 use rudder::test_helpers::loopback::{http_client, http_server, tcp_named};
 use rudder::test_helpers::mesh::{free_port, start_rudder as start, wait_acked};
 use rudder::test_helpers::netns;
+use rudder::xds::Registry;
 use rudder::xds::type_url::LISTENER;
 use serde_json::Value;
 
@@ -610,10 +611,10 @@ async fn envoy_accepts_the_book_example_sidecar_listeners() {
     bound.shutdown().await;
 }
 
-/// The backend that answered one connection through `port` ("" when Envoy closed it without a backend).
-async fn tcp_call(port: u16) -> String {
+/// The backend that answered one connection to `ip:port` ("" when Envoy closed it without a backend).
+async fn tcp_call(ip: &str, port: u16) -> String {
     use tokio::io::AsyncReadExt;
-    let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+    let mut s = match tokio::net::TcpStream::connect((ip, port)).await {
         Ok(s) => s,
         Err(_) => return String::new(),
     };
@@ -623,6 +624,51 @@ async fn tcp_call(port: u16) -> String {
         return String::new();
     }
     out
+}
+
+/// The TCP routes of both tests through `envoy`, connecting to `ip`: once both backends answer through
+/// `split_port` (endpoints arrive after the listeners), every connection to `only_b_port` reaches b only (the
+/// port match), 200 connections to `split_port` split 75/25 (a: mean 150, sd ≈ 6; the gate is ±5 sd), and rudder
+/// holds no NACK.
+async fn assert_tcp_routes(
+    envoy: &Envoy,
+    registry: &Registry,
+    ip: &str,
+    split_port: u16,
+    only_b_port: u16,
+) {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {seen:?} answered through {ip}:{split_port}; log:\n{}",
+            envoy.log_tail(40)
+        );
+        let got = tcp_call(ip, split_port).await;
+        if got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            seen.insert(got);
+        }
+    }
+    for _ in 0..30 {
+        assert_eq!(tcp_call(ip, only_b_port).await, "b", "port {only_b_port}");
+    }
+    let mut a = 0;
+    for _ in 0..200 {
+        match tcp_call(ip, split_port).await.as_str() {
+            "a" => a += 1,
+            "b" => {}
+            other => panic!("connection answered {other:?}"),
+        }
+    }
+    assert!((120..=180).contains(&a), "a got {a} of 200 (75% expected)");
+    for c in registry.connections() {
+        for (ty, t) in &c.types {
+            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
+        }
+    }
 }
 
 /// VirtualService `tcp:` routes through a real gateway Envoy: the first rule matching the connection's port wins
@@ -741,42 +787,8 @@ spec:
         ]
     );
 
-    // Endpoints arrive after the listeners: wait until both backends answer through the split port.
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {seen:?} answered through the split port; log:\n{}",
-            envoy.log_tail(40)
-        );
-        let got = tcp_call(split_port).await;
-        if got.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        } else {
-            seen.insert(got);
-        }
-    }
-    // The port match: every connection to the other port reaches b only.
-    for _ in 0..30 {
-        assert_eq!(tcp_call(only_b_port).await, "b");
-    }
-    // The weights: 75/25 over 200 connections (a: mean 150, sd ≈ 6; the gate is ±5 sd).
-    let mut a = 0;
-    for _ in 0..200 {
-        match tcp_call(split_port).await.as_str() {
-            "a" => a += 1,
-            "b" => {}
-            other => panic!("connection answered {other:?}"),
-        }
-    }
-    assert!((120..=180).contains(&a), "a got {a} of 200 (75% expected)");
-
-    for c in registry.connections() {
-        for (ty, t) in &c.types {
-            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
-        }
-    }
+    // Through the gateway's own ports on loopback.
+    assert_tcp_routes(&envoy, &registry, "127.0.0.1", split_port, only_b_port).await;
     drop(envoy);
     bound.shutdown().await;
 }
@@ -899,48 +911,7 @@ spec:
     assert!(ls.iter().all(|l| l.error.is_none()), "{ls:#?}");
 
     // Through the VIP on loopback: redirected to 15001, handed to the VIP's port listener.
-    let call = |port: u16| async move {
-        use tokio::io::AsyncReadExt;
-        let mut s = tokio::net::TcpStream::connect((VIP, port)).await.ok()?;
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-            .await
-            .ok()?
-            .ok()?;
-        Some(out)
-    };
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {seen:?} answered through the sidecar; log:\n{}",
-            envoy.log_tail(40)
-        );
-        match call(20700).await.filter(|s| !s.is_empty()) {
-            Some(name) => {
-                seen.insert(name);
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    for _ in 0..30 {
-        assert_eq!(call(20701).await.as_deref(), Some("b"), "port 20701");
-    }
-    let mut a = 0;
-    for _ in 0..200 {
-        match call(20700).await.as_deref() {
-            Some("a") => a += 1,
-            Some("b") => {}
-            other => panic!("connection answered {other:?}"),
-        }
-    }
-    assert!((120..=180).contains(&a), "a got {a} of 200 (75% expected)");
-    for c in registry.connections() {
-        for (ty, t) in &c.types {
-            assert!(t.last_nack.is_none(), "NACK on {ty}: {:#?}", t.last_nack);
-        }
-    }
+    assert_tcp_routes(&envoy, &registry, VIP, 20700, 20701).await;
     drop(envoy);
     bound.shutdown().await;
 }
