@@ -157,10 +157,22 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
     });
     let (shutdown, _) = watch::channel(false);
     let (mut xds_addr, mut xds_registry, mut xds_metrics) = (None, None, None);
-    let identity = match &cfg.identity {
+    // One trust domain: the CA's SPIFFE ids and the generators' SAN checks both follow the mesh config unless
+    // the CA's is set explicitly.
+    let id_cfg = cfg.identity.as_ref().map(|id| {
+        let mesh_td = rx.borrow().snapshot.mesh.trust_domain.clone();
+        resolve_trust_domain(id, &mesh_td)
+    });
+    let identity = match &id_cfg {
         Some(id) => Some(load_identity(id, cfg.kube.as_ref()).await?),
         None => None,
     };
+    if let Some(id) = &id_cfg {
+        tasks.spawn(warn_trust_domain_drift(
+            id.trust_domain_or_default().to_owned(),
+            rx.clone(),
+        ));
+    }
     // The current root, for what publishes it (ConfigMaps, caBundle) and the webhook serving certificate.
     let roots = identity
         .as_ref()
@@ -202,14 +214,14 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         });
     }
     let (mut xds_tls_addr, mut xds_tls_registry, mut secret_issuer) = (None, None, None);
-    if let (Some(id_cfg), Some(loaded)) = (&cfg.identity, identity) {
+    if let (Some(id_cfg), Some(loaded)) = (&id_cfg, identity) {
         let issuer = loaded.issuer.clone();
         let server = xds::Server::new(
             xds::Config {
                 addr: id_cfg.tls_addr,
                 push_concurrency: cfg.push_concurrency,
                 tls: Some(loaded.tls),
-                authenticator: Some(loaded.authenticator),
+                authenticator: Some(loaded.authenticator.clone()),
             },
             ctx_rx,
         );
@@ -228,6 +240,17 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
                 .await
                 .context("TLS xDS server")
         });
+        if let (None, Some(KubeClient(client))) = (&id_cfg.jwks, &cfg.kube) {
+            tasks.spawn(
+                security::kube_jwks::run_refresh(
+                    client.clone(),
+                    loaded.authenticator.as_ref().clone(),
+                    security::kube_jwks::REFRESH_EVERY,
+                    security::kube_jwks::MIN_GAP,
+                )
+                .map(Ok),
+            );
+        }
         let wake = republish.clone();
         let rotating = issuer.clone();
         tasks.spawn(async move {
@@ -284,7 +307,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
         Some(w) => {
             let cert = webhook_cert(
                 w,
-                cfg.identity.as_ref(),
+                id_cfg.as_ref(),
                 secret_issuer.as_ref(),
                 roots.as_ref(),
                 &mut tasks,
@@ -309,22 +332,87 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
     })
 }
 
-/// Loads the CA (from Secrets in Kubernetes mode), the JWKS, and issues the xDS serving certificate.
+/// `id` with its trust domain resolved: the explicit one, else the mesh config's. A difference is logged: the
+/// generators check peers' SANs against the mesh config's trust domain, so certificates of another one fail mTLS.
+pub fn resolve_trust_domain(id: &security::Config, mesh_trust_domain: &str) -> security::Config {
+    let mut id = id.clone();
+    match &id.trust_domain {
+        Some(explicit) if explicit != mesh_trust_domain => tracing::warn!(
+            ca = %explicit, mesh = %mesh_trust_domain,
+            "the CA's trust domain differs from the mesh config's trustDomain: proxies check peer SANs \
+             against the mesh config's, so mTLS between them will fail"
+        ),
+        Some(_) => {}
+        None => id.trust_domain = Some(mesh_trust_domain.to_owned()),
+    }
+    tracing::info!(trust_domain = %id.trust_domain_or_default(), "CA trust domain");
+    id
+}
+
+/// Warns whenever the mesh config's trust domain moves away from the CA's (which is fixed at start: issued
+/// certificates cannot follow a live change).
+async fn warn_trust_domain_drift(
+    ca_td: String,
+    mut snapshots: watch::Receiver<Arc<Built>>,
+) -> anyhow::Result<()> {
+    let mut warned_for: Option<String> = None;
+    loop {
+        let mesh_td = snapshots
+            .borrow_and_update()
+            .snapshot
+            .mesh
+            .trust_domain
+            .clone();
+        if mesh_td != ca_td && warned_for.as_deref() != Some(&mesh_td) {
+            tracing::warn!(ca = %ca_td, mesh = %mesh_td,
+                "the mesh config's trustDomain changed away from the CA's; restart rudder to re-issue \
+                 certificates in the new trust domain");
+            warned_for = Some(mesh_td);
+        } else if mesh_td == ca_td {
+            warned_for = None;
+        }
+        if snapshots.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Loads the CA (from Secrets in Kubernetes mode), the token keys (a JWKS file, or the API server's), and issues
+/// the xDS serving certificate.
 async fn load_identity(
     id: &security::Config,
     kube: Option<&KubeClient>,
 ) -> anyhow::Result<security::Loaded> {
-    let loaded = match &id.ca {
+    let ca = match &id.ca {
         CaSource::Kube { namespace } => {
             let KubeClient(client) =
                 kube.context("the CA in Kubernetes Secrets needs Kubernetes")?;
-            let (ca, origin) = kube_ca::load(client, namespace, &id.trust_domain, id.workload_ttl)
-                .await
-                .context("CA loads from Kubernetes")?;
+            let (ca, origin) = kube_ca::load(
+                client,
+                namespace,
+                id.trust_domain_or_default(),
+                id.workload_ttl,
+            )
+            .await
+            .context("CA loads from Kubernetes")?;
             tracing::info!(%namespace, ?origin, "CA loaded from Kubernetes Secrets");
-            security::load_with_ca(id, ca)
+            ca
         }
-        _ => security::load(id),
+        source => security::Ca::load(source, id.trust_domain_or_default(), id.workload_ttl)
+            .context("CA loads")?,
+    };
+    let loaded = match (&id.jwks, kube) {
+        (Some(_), _) => security::load_with_ca(id, ca),
+        (None, Some(KubeClient(client))) => {
+            let auth =
+                security::kube_jwks::authenticator(client, id.audiences.clone(), id.issuer.clone())
+                    .await
+                    .context(
+                        "token keys from the API server (needs RBAC get on /openid/v1/jwks; or pass --jwks)",
+                    )?;
+            security::load_with(id, ca, auth)
+        }
+        (None, None) => anyhow::bail!("identity needs --jwks outside Kubernetes"),
     };
     loaded.context("identity (CA, JWKS) loads")
 }

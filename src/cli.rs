@@ -72,7 +72,7 @@ struct DiscoveryArgs {
     #[arg(long)]
     no_kube: bool,
     /// Serve the injection and validation webhooks over HTTPS here (istiod's 15017), with the certificate of
-    /// --webhook-cert/-key, or, with identity on (--jwks), one issued by rudder's CA.
+    /// --webhook-cert/-key, or, with --identity, one issued by rudder's CA.
     #[arg(long, env = "RUDDER_WEBHOOK_ADDR")]
     webhook_addr: Option<std::net::SocketAddr>,
     /// PEM serving certificate chain of the webhooks (for `istiod.istio-system.svc`).
@@ -106,11 +106,15 @@ struct DiscoveryArgs {
     identity: IdentityArgs,
 }
 
-/// The CA, SDS and the TLS xDS server; on when `--jwks` is given.
+/// The CA, SDS and the TLS xDS server; on with `--identity` or `--jwks`.
 #[derive(Debug, clap::Args)]
 struct IdentityArgs {
-    /// The cluster token issuer's JWKS (JSON file): turns on TLS ADS with SDS certificates for proxies that
-    /// present a service-account token it verifies.
+    /// Turn on identity: TLS ADS with SDS certificates for proxies presenting a service-account token. In
+    /// Kubernetes the CA lives in Secrets and the token keys come from the API server (`/openid/v1/jwks`,
+    /// refreshed); outside it --jwks is needed.
+    #[arg(long, env = "RUDDER_IDENTITY")]
+    identity: bool,
+    /// The cluster token issuer's JWKS (JSON file) instead of the API server's; implies --identity.
     #[arg(long, env = "RUDDER_JWKS")]
     jwks: Option<PathBuf>,
     /// TLS ADS address (istiod's port 15012).
@@ -124,9 +128,10 @@ struct IdentityArgs {
     /// Plugged-in CA directory (Istio's `cacerts`: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
     #[arg(long, env = "RUDDER_CACERTS")]
     cacerts: Option<PathBuf>,
-    /// Trust domain of the SPIFFE ids.
-    #[arg(long, default_value = crate::security::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
+    /// Trust domain of the issued SPIFFE ids. Default: the mesh config's `trustDomain` (ConfigMap `istio`),
+    /// which the proxies' SAN checks use; a different value is warned about.
+    #[arg(long, env = "RUDDER_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
     /// Workload certificate lifetime (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     workload_cert_ttl: Duration,
@@ -142,8 +147,17 @@ struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    fn config(self, kube: bool) -> Option<crate::security::Config> {
-        let jwks = self.jwks?;
+    fn config(self, kube: bool) -> anyhow::Result<Option<crate::security::Config>> {
+        if !self.identity && self.jwks.is_none() {
+            return Ok(None);
+        }
+        if self.jwks.is_none() && !kube {
+            anyhow::bail!(
+                "--identity outside Kubernetes needs --jwks (the token issuer's keys); in a cluster they are \
+                 fetched from the API server"
+            );
+        }
+        let jwks = self.jwks;
         let explicit_dir = self.ca_dir.is_some();
         let state_dir = self
             .ca_dir
@@ -162,7 +176,7 @@ impl IdentityArgs {
         cfg.audiences = self.token_audience;
         cfg.issuer = self.token_issuer;
         cfg.root_namespace = self.root_namespace;
-        Some(cfg)
+        Ok(Some(cfg))
     }
 }
 
@@ -253,7 +267,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         identity: if once {
             None
         } else {
-            identity.config(use_kube)
+            identity.config(use_kube)?
         },
         ..Default::default()
     };
@@ -263,8 +277,8 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         if let (Some(addr), false) = (webhook_addr, once) {
             if webhook_cert.is_none() && cfg.identity.is_none() {
                 anyhow::bail!(
-                    "--webhook-addr needs --webhook-cert/--webhook-key, or --jwks (identity) to issue the \
-                     serving certificate from the CA"
+                    "--webhook-addr needs --webhook-cert/--webhook-key, or --identity to issue the serving \
+                     certificate from the CA"
                 );
             }
             cfg.webhook = Some(app::WebhookConfig {

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod ca;
 pub mod kube_ca;
+pub mod kube_jwks;
 pub mod kube_trust;
 pub mod sds;
 #[cfg(any(test, feature = "testing"))]
@@ -43,12 +44,14 @@ pub struct Config {
     pub tls_addr: SocketAddr,
     /// Where the CA comes from.
     pub ca: CaSource,
-    /// Trust domain of issued SPIFFE ids.
-    pub trust_domain: String,
+    /// Trust domain of issued SPIFFE ids; `None`: the mesh config's `trustDomain` (what the generators' SAN
+    /// checks use), resolved by the app at start.
+    pub trust_domain: Option<String>,
     /// Workload certificate lifetime (renewed at half-life).
     pub workload_ttl: Duration,
-    /// The cluster token issuer's JWKS (JSON file, e.g. from `/openid/v1/jwks`).
-    pub jwks: PathBuf,
+    /// The cluster token issuer's JWKS (JSON file, e.g. from `/openid/v1/jwks`); `None`: fetched from the
+    /// Kubernetes API server and refreshed ([`kube_jwks`]).
+    pub jwks: Option<PathBuf>,
     /// Accepted token audiences.
     pub audiences: Vec<String>,
     /// Required `iss`, when set.
@@ -58,14 +61,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// Istio's defaults with the CA state kept in `state_dir` and tokens checked against `jwks`.
-    pub fn new(state_dir: PathBuf, jwks: PathBuf) -> Self {
+    /// Istio's defaults with the CA state kept in `state_dir`, tokens checked against `jwks`, and the trust
+    /// domain of the mesh config.
+    pub fn new(state_dir: PathBuf, jwks: impl Into<Option<PathBuf>>) -> Self {
         Config {
             tls_addr: SocketAddr::from(([0, 0, 0, 0], 15012)),
             ca: CaSource::SelfSigned { state_dir },
-            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            trust_domain: None,
             workload_ttl: ca::DEFAULT_WORKLOAD_TTL,
-            jwks,
+            jwks: jwks.into(),
             audiences: vec![auth::DEFAULT_AUDIENCE.to_owned()],
             issuer: None,
             root_namespace: "istio-system".to_owned(),
@@ -81,6 +85,14 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The CA's trust domain: the explicit one, else Istio's default (the app resolves `None` from the mesh
+    /// config before loading).
+    pub fn trust_domain_or_default(&self) -> &str {
+        self.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN)
+    }
+}
+
 /// The loaded identity components, ready to wire into the TLS xDS server and the generator.
 pub struct Loaded {
     /// Issues and rotates the proxies' secrets.
@@ -91,18 +103,29 @@ pub struct Loaded {
     pub tls: tonic::transport::ServerTlsConfig,
 }
 
-/// Loads (or creates) the CA and the JWKS and issues the serving certificate.
+/// Loads (or creates) the CA and the JWKS file and issues the serving certificate.
 pub fn load(cfg: &Config) -> Result<Loaded, Error> {
-    let ca = Ca::load(&cfg.ca, &cfg.trust_domain, cfg.workload_ttl)?;
+    let ca = Ca::load(&cfg.ca, cfg.trust_domain_or_default(), cfg.workload_ttl)?;
     load_with_ca(cfg, ca)
 }
 
 /// [`load`] with a CA loaded elsewhere (Kubernetes mode: [`kube_ca::load`]). The issuer reloads a file CA
 /// itself; a Kubernetes CA is replaced by [`kube_ca`]'s watch through [`SecretIssuer::replace_ca`].
 pub fn load_with_ca(cfg: &Config, ca: Ca) -> Result<Loaded, Error> {
-    let serving = ca.issue_serving(&cfg.serving_names())?;
+    let Some(jwks) = &cfg.jwks else {
+        return Err(Error::BadJwks(
+            PathBuf::from(kube_jwks::JWKS_PATH),
+            "no JWKS file and no Kubernetes API server to fetch it from".into(),
+        ));
+    };
     let authenticator =
-        JwtAuthenticator::from_file(&cfg.jwks, cfg.audiences.clone(), cfg.issuer.clone())?;
+        JwtAuthenticator::from_file(jwks, cfg.audiences.clone(), cfg.issuer.clone())?;
+    load_with(cfg, ca, authenticator)
+}
+
+/// [`load_with_ca`] with the token verifier built elsewhere (Kubernetes mode: [`kube_jwks::authenticator`]).
+pub fn load_with(cfg: &Config, ca: Ca, authenticator: JwtAuthenticator) -> Result<Loaded, Error> {
+    let serving = ca.issue_serving(&cfg.serving_names())?;
     let tls = tonic::transport::ServerTlsConfig::new().identity(
         tonic::transport::Identity::from_pem(&serving.chain_pem, &serving.key_pem),
     );

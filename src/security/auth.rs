@@ -5,13 +5,20 @@
 //! Checks: signature (RS256/ES256, key chosen by `kid`), `exp`/`nbf`, audience (`istio-ca`), issuer when
 //! configured; the identity comes from the `kubernetes.io` claim or `sub` `system:serviceaccount:<ns>:<sa>`,
 //! and its namespace must be the node id's. Every refusal names its reason (logged by the xDS server).
+//!
+//! The key set is swappable ([`JwtAuthenticator::replace_keys`]) so the cluster issuer's key rotation is
+//! followed without a restart (Kubernetes mode: [`super::kube_jwks`]); a token with an unknown `kid` asks the
+//! refresher for an early fetch ([`JwtAuthenticator::refresh_wanted`]).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
 use serde::Deserialize;
+use tokio::sync::Notify;
 use tonic::metadata::MetadataMap;
 
 use super::Error;
@@ -68,18 +75,21 @@ pub enum AuthError {
     },
 }
 
-/// Verifies service-account JWTs against a JWKS.
+/// Verifies service-account JWTs against a JWKS. Clones share the key set.
 #[derive(Clone)]
 pub struct JwtAuthenticator {
-    keys: Vec<Jwk>,
+    /// The current key set; a verification reads one snapshot, a refresh swaps the whole set.
+    keys: Arc<RwLock<Arc<Vec<Jwk>>>>,
     audiences: Vec<String>,
     issuer: Option<String>,
+    /// Notified when a token names a `kid` the set lacks: the issuer may have rotated its key.
+    refresh: Arc<Notify>,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtAuthenticator")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.keys.read().len())
             .field("audiences", &self.audiences)
             .field("issuer", &self.issuer)
             .finish()
@@ -108,10 +118,35 @@ impl JwtAuthenticator {
     /// An authenticator trusting `jwks` (JSON), accepting `audiences`, and checking `iss` when `issuer` is set.
     pub fn new(jwks: JwkSet, audiences: Vec<String>, issuer: Option<String>) -> Self {
         JwtAuthenticator {
-            keys: jwks.keys,
+            keys: Arc::new(RwLock::new(Arc::new(jwks.keys))),
             audiences,
             issuer,
+            refresh: Arc::new(Notify::new()),
         }
+    }
+
+    /// Replaces the key set (a refreshed JWKS); tokens are verified against it from now on. An empty set is
+    /// refused (returns `false`) so a broken answer never locks every proxy out.
+    pub fn replace_keys(&self, jwks: JwkSet) -> bool {
+        if jwks.keys.is_empty() {
+            return false;
+        }
+        *self.keys.write() = Arc::new(jwks.keys);
+        true
+    }
+
+    /// The key ids of the current set (for logs and tests).
+    pub fn key_ids(&self) -> Vec<Option<String>> {
+        self.keys
+            .read()
+            .iter()
+            .map(|k| k.common.key_id.clone())
+            .collect()
+    }
+
+    /// Notified whenever a token's `kid` is not in the set: a refresher may fetch the JWKS early.
+    pub fn refresh_wanted(&self) -> Arc<Notify> {
+        self.refresh.clone()
     }
 
     /// Reads the JWKS from a file (the cluster issuer's `/openid/v1/jwks`).
@@ -146,7 +181,8 @@ impl JwtAuthenticator {
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
-        let candidates = self.keys.iter().filter(|k| {
+        let keys = self.keys.read().clone();
+        let candidates = keys.iter().filter(|k| {
             header.kid.is_none() || k.common.key_id.is_none() || k.common.key_id == header.kid
         });
         let mut last = None;
@@ -168,10 +204,16 @@ impl JwtAuthenticator {
                 }
             }
         }
-        Err(last.unwrap_or(AuthError::UnknownKey {
+        if let Some(err) = last {
+            return Err(err);
+        }
+        if header.kid.is_some() && !keys.iter().any(|k| k.common.key_id == header.kid) {
+            self.refresh.notify_one();
+        }
+        Err(AuthError::UnknownKey {
             kid: header.kid,
             alg: format!("{:?}", header.alg),
-        }))
+        })
     }
 
     fn classify(&self, kind: &ErrorKind) -> AuthError {

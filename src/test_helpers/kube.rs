@@ -42,6 +42,9 @@ pub struct Db {
     pub writes: Vec<String>,
     /// Objects that appear just before the next create of the same object (another writer won a race).
     pub create_races: Vec<(Coll, Value)>,
+    /// Non-resource paths (`/openid/v1/jwks`, `/.well-known/openid-configuration`) answered with a fixed
+    /// status and JSON body.
+    pub raw: BTreeMap<String, (u16, Value)>,
 }
 
 /// A fake API server; clones share the data.
@@ -122,6 +125,11 @@ impl Fake {
             .objects
             .get(&(c.clone(), ns.into(), name.into()))
             .cloned()
+    }
+
+    /// Answers GET `path` (a non-resource URL) with `status` and `body` from now on.
+    pub fn serve_raw(&self, path: &str, status: u16, body: Value) {
+        self.db.lock().raw.insert(path.into(), (status, body));
     }
 
     /// Makes `obj` appear right before the next create of the same collection/namespace/name, as if another
@@ -270,6 +278,11 @@ async fn handle(State(fake): State<Fake>, req: Request) -> Response {
         .to_string();
     let query: BTreeMap<String, String> = uri.query().map(url_pairs).unwrap_or_default();
     fake.db.lock().requests.push(uri.to_string());
+    let raw = fake.db.lock().raw.get(uri.path()).cloned();
+    if let (Some((code, body)), &Method::GET) = (raw, &method) {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (code, axum::Json(body)).into_response();
+    }
     let Some(target) = route(uri.path()) else {
         return fail(404, "NotFound", "no route");
     };

@@ -1,3 +1,4 @@
+use futures::FutureExt;
 use serde_json::json;
 use tonic::metadata::MetadataValue;
 
@@ -152,4 +153,45 @@ fn refusals_name_their_reason() {
         }
         assert!(!got.to_string().is_empty());
     }
+}
+
+#[test]
+fn replaced_keys_verify_new_tokens_and_an_unknown_kid_asks_for_a_refresh() {
+    let old = TestIssuer::new("old");
+    let new = TestIssuer::new("new");
+    let auth = authenticator(&old);
+    let wanted = auth.refresh_wanted();
+    let spec = TokenSpec::new("shop", "cart");
+    // A token of the rotated key is unknown until the set is replaced, and says so to the refresher.
+    assert!(matches!(
+        auth.verify(&new.token(&spec)),
+        Err(AuthError::UnknownKey { kid: Some(k), .. }) if k == "new"
+    ));
+    assert!(
+        wanted.notified().now_or_never().is_some(),
+        "unknown kid notifies"
+    );
+    let clone = auth.clone();
+    assert!(auth.replace_keys(serde_json::from_value(new.jwks()).unwrap()));
+    // Clones share the set.
+    assert_eq!(
+        clone.verify(&new.token(&spec)).unwrap().service_account,
+        "cart"
+    );
+    assert_eq!(clone.key_ids(), vec![Some("new".to_string())]);
+    assert!(matches!(
+        auth.verify(&old.token(&spec)),
+        Err(AuthError::UnknownKey { .. })
+    ));
+    assert!(wanted.notified().now_or_never().is_some(), "retired kid notifies");
+    // An empty set never replaces a working one.
+    assert!(!auth.replace_keys(JwkSet { keys: vec![] }));
+    assert_eq!(auth.verify(&new.token(&spec)).unwrap().namespace, "shop");
+    // A bad signature from a known kid is not a reason to refresh.
+    let forger = TestIssuer::new("new");
+    assert_eq!(
+        auth.verify(&forger.token(&spec)),
+        Err(AuthError::BadSignature)
+    );
+    assert!(wanted.notified().now_or_never().is_none());
 }
