@@ -21,7 +21,7 @@ use std::time::Duration;
 use rudder::security::testing::TokenSpec;
 use rudder::test_helpers::envoy::{ADMIN_TIMEOUT, Envoy, dumped};
 use rudder::test_helpers::identity::IdentityMesh;
-use rudder::test_helpers::loopback::http_client;
+use rudder::test_helpers::loopback::{http_client, until_ok};
 use rudder::test_helpers::mesh::free_port;
 use rudder::test_helpers::netns;
 use serde_json::{Value, json};
@@ -291,19 +291,15 @@ async fn request(port: u16) -> Result<String, String> {
 
 /// Retries until a request succeeds (config changes take a moment to reach both Envoys).
 async fn wait_ok(port: u16, client: &Envoy, server: &Envoy) -> String {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        match request(port).await {
-            Ok(body) => return body,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
+    until_ok(ADMIN_TIMEOUT, || request(port))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
                 "no path through the sidecars: {e}\nclient log:\n{}\nserver log:\n{}",
                 client.log_tail(30),
                 server.log_tail(30)
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            )
+        })
 }
 
 /// `(transport_protocol, terminates TLS)` of the server's `virtualInbound` chains for the app port.

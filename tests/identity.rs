@@ -17,7 +17,7 @@ use rudder::test_helpers::envoy::{
     ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, cert_serials, dump_entries, envoy_binary,
 };
 use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME};
-use rudder::test_helpers::loopback::http_client;
+use rudder::test_helpers::loopback::{http_client, until_ok};
 use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::SECRET;
 use serde_json::{Value, json};
@@ -359,19 +359,15 @@ async fn peer_through(port: u16) -> Result<String, String> {
 }
 
 async fn wait_peer(port: u16, client: &Envoy, server: &Envoy) -> String {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        match peer_through(port).await {
-            Ok(peer) => return peer,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
+    until_ok(ADMIN_TIMEOUT, || peer_through(port))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
                 "no mTLS path: {e}\nclient log:\n{}\nserver log:\n{}",
                 client.log_tail(30),
                 server.log_tail(30)
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            )
+        })
 }
 
 #[tokio::test]

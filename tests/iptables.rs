@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rudder::test_helpers::netns::run;
+
 const RUDDER: &str = env!("CARGO_BIN_EXE_rudder");
 const MESH_APP: &str = env!("CARGO_BIN_EXE_mesh-app");
 
@@ -38,20 +40,6 @@ fn skip_reason() -> Option<&'static str> {
         return Some("setpriv not installed");
     }
     None
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Two namespaces and their listeners; everything is removed on drop, also when an assertion fails.

@@ -55,3 +55,19 @@ pub async fn tcp_named(ip: &str, name: &'static str) -> u16 {
     });
     port
 }
+
+/// Retries `attempt` every 100 ms until it succeeds (config changes take a moment to reach the Envoys on the
+/// path) and returns its value; `Err` with the last failure once `timeout` has passed.
+pub async fn until_ok<T, F>(timeout: Duration, attempt: impl Fn() -> F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(found) => return Ok(found),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

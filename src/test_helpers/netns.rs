@@ -62,18 +62,20 @@ fn skip_reason(tools: &[&str]) -> Option<String> {
     (!missing.is_empty()).then(|| format!("{} not installed", missing.join("/")))
 }
 
-/// Runs a command inside the namespace (`ip link set lo up`, an iptables rule); panics with its stderr if it
+/// Runs a command (`ip link set lo up`, an iptables rule, …) and returns its stdout; panics with its output if it
 /// fails.
-pub fn run(args: &[&str]) {
+pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// istio-init's capture for one destination: `iptables -t nat -A OUTPUT -p tcp -d <ip> [--dport <port>] -j
