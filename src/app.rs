@@ -639,3 +639,103 @@ impl Bound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::testing::TestIssuer;
+
+    const MESH_EXAMPLE_ORG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    trustDomain: example.org
+"#;
+
+    /// Builds the app over a config directory holding `mesh_yaml`, with identity on (`trust_domain` explicit or
+    /// not), and returns the CA's trust domain, the mesh config's, and the SPIFFE id of an issued certificate.
+    async fn trust_domains(mesh_yaml: &str, explicit: Option<&str>) -> (String, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).unwrap();
+        std::fs::write(config.join("mesh.yaml"), mesh_yaml).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, TestIssuer::default().jwks().to_string()).unwrap();
+        let mut identity = security::Config::new(dir.path().join("ca"), jwks);
+        identity.trust_domain = explicit.map(str::to_owned);
+        identity.tls_addr = "127.0.0.1:0".parse().unwrap();
+        let bound = build(Config {
+            config_dir: Some(config),
+            xds_addr: None,
+            identity: Some(identity),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mesh_td = bound.snapshots.borrow().snapshot.mesh.trust_domain.clone();
+        let ca = bound.secret_issuer.as_ref().unwrap().ca();
+        let issued = ca.issue_workload("shop", "cart").unwrap();
+        let der = first_cert_der(&issued.chain_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let san = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .unwrap();
+        let ca_td = ca.trust_domain().to_owned();
+        bound.shutdown().await;
+        (ca_td, mesh_td, san)
+    }
+
+    fn first_cert_der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    }
+
+    #[tokio::test]
+    async fn the_ca_trust_domain_follows_the_mesh_config_unless_overridden() {
+        let (ca, mesh, san) = trust_domains(MESH_EXAMPLE_ORG, None).await;
+        assert_eq!((ca.as_str(), mesh.as_str()), ("example.org", "example.org"));
+        assert_eq!(san, "spiffe://example.org/ns/shop/sa/cart");
+        // Without a mesh config both are Istio's default.
+        let (ca, mesh, san) = trust_domains("", None).await;
+        assert_eq!(
+            (ca.as_str(), mesh.as_str()),
+            ("cluster.local", "cluster.local")
+        );
+        assert_eq!(san, "spiffe://cluster.local/ns/shop/sa/cart");
+        // An explicit trust domain wins (and is warned about when it differs).
+        let (ca, mesh, san) = trust_domains(MESH_EXAMPLE_ORG, Some("other.org")).await;
+        assert_eq!((ca.as_str(), mesh.as_str()), ("other.org", "example.org"));
+        assert_eq!(san, "spiffe://other.org/ns/shop/sa/cart");
+    }
+
+    #[test]
+    fn resolve_keeps_an_explicit_trust_domain_and_fills_a_missing_one() {
+        let mut id = security::Config::new("/x".into(), PathBuf::from("/j"));
+        assert_eq!(
+            resolve_trust_domain(&id, "example.org")
+                .trust_domain
+                .as_deref(),
+            Some("example.org")
+        );
+        id.trust_domain = Some("other.org".into());
+        assert_eq!(
+            resolve_trust_domain(&id, "example.org")
+                .trust_domain
+                .as_deref(),
+            Some("other.org")
+        );
+    }
+}

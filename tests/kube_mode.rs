@@ -4,7 +4,8 @@
 //! persisted in Secret `istio-ca-secret`; every namespace gets ConfigMap `istio-ca-root-cert`; the webhook
 //! configurations get the root as `caBundle`; the webhooks serve a CA-issued certificate that verifies against
 //! that published root; and a real Envoy, trusting only the published root and presenting a service-account
-//! token, connects to the TLS xDS server and ACKs its configuration.
+//! token, connects to the TLS xDS server and ACKs its configuration. The token keys come from the fake's
+//! `/openid/v1/jwks` (no JWKS file), and the CA's trust domain from the mesh ConfigMap.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use rudder::app::{self, WebhookConfig};
 use rudder::config::source::kube::KubeClient;
 use rudder::security::bootstrap::{tls_ads_grpc_service, use_tls_ads};
 use rudder::security::testing::{TestIssuer, TokenSpec};
-use rudder::security::{self, CaSource, kube_ca, kube_trust};
+use rudder::security::{self, CaSource, kube_ca, kube_jwks, kube_trust};
 use rudder::test_helpers::envoy::{AdsApi, Envoy, bootstrap};
 use rudder::test_helpers::kube::{Fake, admission, coll, core};
 use rudder::test_helpers::mesh::free_port;
@@ -127,9 +128,21 @@ async fn kube_mode_publishes_the_ca_and_serves_envoy_over_tls() {
     let fake = cluster(gw_port);
     let dir = tempfile::tempdir().unwrap();
     let tokens = TestIssuer::default();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, tokens.jwks().to_string()).unwrap();
-    let mut identity = security::Config::new(dir.path().join("unused-ca-dir"), jwks);
+    // No JWKS file: the keys and the issuer come from the API server.
+    fake.serve_raw(kube_jwks::JWKS_PATH, 200, tokens.jwks());
+    fake.serve_raw(
+        kube_jwks::DISCOVERY_PATH,
+        200,
+        json!({"issuer": tokens.issuer, "jwks_uri": "https://kubernetes.default.svc/openid/v1/jwks"}),
+    );
+    // The mesh config names the trust domain; the CA follows it.
+    fake.put(
+        &core("configmaps"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "istio", "namespace": "istio-system"},
+               "data": {"mesh": "trustDomain: example.org\n"}}),
+    );
+    let mut identity = security::Config::new(dir.path().join("unused-ca-dir"), None);
     identity.ca = CaSource::Kube {
         namespace: "istio-system".into(),
     };
@@ -160,6 +173,18 @@ async fn kube_mode_publishes_the_ca_and_serves_envoy_over_tls() {
             .any(|s| s.hostname == "fruits.default.svc.cluster.local"),
         "first snapshot: {}",
         first.snapshot.summary()
+    );
+
+    // One trust domain: the CA's is the mesh config's, which the generators' SAN checks use.
+    assert_eq!(first.snapshot.mesh.trust_domain, "example.org");
+    assert_eq!(
+        bound.secret_issuer.as_ref().unwrap().ca().trust_domain(),
+        "example.org"
+    );
+    assert!(
+        fake.requests().iter().any(|r| r == kube_jwks::JWKS_PATH),
+        "JWKS fetched from the API server: {:?}",
+        fake.requests()
     );
 
     // The self-signed root was created in istio-ca-secret and is the one in use.
