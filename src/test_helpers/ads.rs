@@ -323,8 +323,13 @@ impl DeltaClient {
 
     /// The next response; panics after [`RECV_TIMEOUT`] or on stream end.
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
-            Err(_) => panic!("no delta response within {RECV_TIMEOUT:?}"),
+        self.recv_within(RECV_TIMEOUT).await
+    }
+
+    /// The next response; panics after `wait` or on stream end (benchmarks at scale wait longer).
+    pub async fn recv_within(&mut self, wait: Duration) -> DeltaDiscoveryResponse {
+        match tokio::time::timeout(wait, self.rx.message()).await {
+            Err(_) => panic!("no delta response within {wait:?}"),
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => panic!("delta stream ended"),
             Ok(Err(s)) => panic!("delta stream failed: {s}"),
