@@ -138,7 +138,7 @@ struct IdentityArgs {
     /// Accepted token audience.
     #[arg(long, default_value = crate::security::auth::DEFAULT_AUDIENCE)]
     token_audience: Vec<String>,
-    /// Required token issuer (`iss`), if any.
+    /// Required token issuer (`iss`). In Kubernetes without --jwks: the API server's discovery document's.
     #[arg(long)]
     token_issuer: Option<String>,
     /// Namespace of the serving certificate's names (`istiod.<ns>.svc`, `rudder.<ns>.svc`).

@@ -165,6 +165,37 @@ fn deploy_manifests_keep_istiod_contracts() {
         .as_ref()
         .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/ready"));
+    // Identity on in-cluster with one flag: no JWKS file, no certificate files to mount.
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args[0], "discovery");
+    assert!(args.iter().any(|a| a == "--identity"), "{args:?}");
+    for absent in [
+        "--jwks",
+        "--webhook-cert",
+        "--webhook-key",
+        "--trust-domain",
+    ] {
+        assert!(!args.iter().any(|a| a == absent), "{absent} in {args:?}");
+    }
+    let flag_value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].as_str())
+    };
+    assert_eq!(flag_value("--secure-grpc-addr"), Some("0.0.0.0:15012"));
+    assert_eq!(flag_value("--webhook-addr"), Some("0.0.0.0:15017"));
+    // Every flag the Deployment passes is one `rudder discovery` knows.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_rudder"))
+        .args(["discovery", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(flag.as_str()),
+            "rudder discovery has no {flag}"
+        );
+    }
 
     let m: MutatingWebhookConfiguration = serde_json::from_value(
         find(
@@ -232,7 +263,14 @@ fn deploy_manifests_keep_istiod_contracts() {
         .unwrap()
         .into_iter()
         .map(|r| ("istio-system", r));
+    let mut non_resource = Vec::new();
     for (scope, rule) in rules.chain(ns_rules) {
+        if let Some(urls) = &rule.non_resource_urls {
+            // Only reading the token issuer's keys and discovery document.
+            assert_eq!(rule.verbs, ["get"], "{rule:?}");
+            assert!(rule.resources.is_none(), "{rule:?}");
+            non_resource.extend(urls.iter().map(|u| format!("{scope} {u}")));
+        }
         assert!(
             !rule.verbs.iter().any(|v| v == "*" || v == "delete"),
             "{rule:?}"
@@ -255,13 +293,20 @@ fn deploy_manifests_keep_istiod_contracts() {
         "* update configmaps [istio-ca-root-cert]",
         "* patch mutatingwebhookconfigurations [istio-sidecar-injector]",
         "* patch validatingwebhookconfigurations [istio-validator-istio-system]",
-        "* create tokenreviews []",
         "istio-system create secrets []",
     ]
     .into_iter()
     .map(String::from)
     .collect();
     assert_eq!(writes, want);
+    non_resource.sort();
+    assert_eq!(
+        non_resource,
+        [
+            format!("* {}", rudder::security::kube_jwks::DISCOVERY_PATH),
+            format!("* {}", rudder::security::kube_jwks::JWKS_PATH),
+        ]
+    );
     // The names rudder writes are the ones deployed.
     let targets = rudder::security::kube_trust::Targets::istio("istio-system");
     assert_eq!(targets.mutating, ["istio-sidecar-injector"]);
