@@ -64,6 +64,9 @@ impl Flavor for Delta {
             || (is_new
                 && req.resource_names_subscribe.is_empty()
                 && type_url::is_wildcard_type(&req.type_url));
+        // Held names can only fall out of the subscription on the first request (claimed versions), by an
+        // unsubscribe, or when the wildcard ends; a plain ACK leaves them alone (this runs for every ACK).
+        let may_drop = is_new || !req.resource_names_unsubscribe.is_empty();
         // Only touch the shared maps when the subscription changes: most requests are plain ACKs.
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
             let names = Arc::make_mut(&mut ts.status.names);
@@ -89,7 +92,7 @@ impl Flavor for Delta {
             ts.subscription_changed();
         }
         let names = &ts.status.names;
-        if !wildcard {
+        if !wildcard && (may_drop || was_wildcard) {
             // The client drops what it no longer subscribes to.
             ts.status.sent.retain(|n| names.contains(n));
         }
