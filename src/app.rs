@@ -245,8 +245,8 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
                 security::kube_jwks::run_refresh(
                     client.clone(),
                     loaded.authenticator.as_ref().clone(),
-                    security::kube_jwks::REFRESH_EVERY,
-                    security::kube_jwks::MIN_GAP,
+                    id_cfg.jwks_refresh.0,
+                    id_cfg.jwks_refresh.1,
                 )
                 .map(Ok),
             );

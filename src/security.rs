@@ -52,6 +52,9 @@ pub struct Config {
     /// The cluster token issuer's JWKS (JSON file, e.g. from `/openid/v1/jwks`); `None`: fetched from the
     /// Kubernetes API server and refreshed ([`kube_jwks`]).
     pub jwks: Option<PathBuf>,
+    /// How often keys fetched from the API server are fetched again, and the least time between two early
+    /// fetches on an unknown `kid` (ignored with a JWKS file).
+    pub jwks_refresh: (Duration, Duration),
     /// Accepted token audiences.
     pub audiences: Vec<String>,
     /// Required `iss`, when set.
@@ -70,6 +73,7 @@ impl Config {
             trust_domain: None,
             workload_ttl: ca::DEFAULT_WORKLOAD_TTL,
             jwks: jwks.into(),
+            jwks_refresh: (kube_jwks::REFRESH_EVERY, kube_jwks::MIN_GAP),
             audiences: vec![auth::DEFAULT_AUDIENCE.to_owned()],
             issuer: None,
             root_namespace: "istio-system".to_owned(),

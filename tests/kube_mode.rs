@@ -340,3 +340,148 @@ async fn an_unlistable_kind_delays_readiness_only_up_to_the_bound() {
     assert!(fake.writes().is_empty(), "{:?}", fake.writes());
     bound.shutdown().await;
 }
+
+/// The secrets rudder's TLS ADS answers a first SDS request for `default` + `ROOTCA` with, on a new stream
+/// presenting `token` (none when the stream is not authenticated).
+async fn secrets(tls: std::net::SocketAddr, root: &str, node: &str, token: String) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use prost::Message;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    let ch = Endpoint::from_shared(format!("https://{tls}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(root))
+                .domain_name("istiod.istio-system.svc"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::with_interceptor(
+        ch,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(req)
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: node.to_owned(),
+            ..Default::default()
+        }),
+        type_url: rudder::xds::type_url::SECRET.to_owned(),
+        resource_names: vec!["default".into(), "ROOTCA".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("a response in time")
+        .expect("stream ok")
+        .expect("a response");
+    let mut names: Vec<String> = resp
+        .resources
+        .iter()
+        .map(|a| Secret::decode(a.value.as_slice()).unwrap().name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_token_of_the_rotated_key_gets_secrets_once_the_keys_refresh() {
+    let fake = cluster(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (TestIssuer::new("old"), TestIssuer::new("new"));
+    fake.serve_raw(kube_jwks::JWKS_PATH, 200, old.jwks());
+    fake.serve_raw(
+        kube_jwks::DISCOVERY_PATH,
+        200,
+        json!({"issuer": old.issuer}),
+    );
+    let mut identity = security::Config::new(dir.path().join("unused-ca-dir"), None);
+    identity.ca = CaSource::Kube {
+        namespace: "istio-system".into(),
+    };
+    identity.tls_addr = "127.0.0.1:0".parse().unwrap();
+    // Periodic refresh effectively off: only the unknown kid triggers the fetch.
+    identity.jwks_refresh = (Duration::from_secs(3600), Duration::from_millis(200));
+    let bound = app::build(app::Config {
+        xds_addr: None,
+        kube: Some(KubeClient(fake.client())),
+        identity: Some(identity),
+        kube_sync_timeout: WAIT,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let root = bound
+        .secret_issuer
+        .as_ref()
+        .unwrap()
+        .ca()
+        .root_pem()
+        .to_owned();
+    let tls = bound.xds_tls_addr.unwrap();
+    let node = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
+    let spec = TokenSpec::new("istio-system", GW_SA);
+    let both = ["ROOTCA".to_string(), "default".to_string()];
+    assert_eq!(secrets(tls, &root, node, old.token(&spec)).await, both);
+    // The API server rotates its signing key: the new key's token is refused (unknown kid) and triggers the
+    // refresh; the endpoint fails first, so the old set stays.
+    fake.serve_raw(
+        kube_jwks::JWKS_PATH,
+        500,
+        json!({"kind": "Status", "code": 500}),
+    );
+    let gets = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.as_str() == kube_jwks::JWKS_PATH)
+            .count()
+    };
+    assert_eq!(gets(), 1);
+    assert!(secrets(tls, &root, node, new.token(&spec)).await.is_empty());
+    assert!(
+        fake.wait_requests(WAIT, |_| gets() >= 2).await,
+        "refresh on the unknown kid"
+    );
+    assert_eq!(
+        secrets(tls, &root, node, old.token(&spec)).await,
+        both,
+        "last good keys kept"
+    );
+    // Now the new set is served: the next refresh picks it up and the new key's token gets secrets.
+    fake.serve_raw(kube_jwks::JWKS_PATH, 200, new.jwks());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if secrets(tls, &root, node, new.token(&spec)).await == both {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated key never verified"
+        );
+        // Each refused attempt asks for a refresh, at most one per 200 ms: wait for the next fetch.
+        let n = gets();
+        assert!(fake.wait_requests(WAIT, |_| gets() > n).await, "no refresh");
+    }
+    assert!(
+        secrets(tls, &root, node, old.token(&spec)).await.is_empty(),
+        "old key retired"
+    );
+    bound.shutdown().await;
+}

@@ -56,6 +56,8 @@ pub struct Fake {
     pub written: Arc<watch::Sender<u64>>,
     /// Bumped to end every open watch (as an API server restart or timeout would).
     pub disconnect: Arc<watch::Sender<u64>>,
+    /// Bumped on every request (reads included).
+    pub requested: Arc<watch::Sender<u64>>,
 }
 
 /// A collection key.
@@ -85,6 +87,7 @@ impl Fake {
             db: Arc::new(Mutex::new(db)),
             written: Arc::new(watch::channel(0).0),
             disconnect: Arc::new(watch::channel(0).0),
+            requested: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -167,7 +170,25 @@ impl Fake {
         timeout: std::time::Duration,
         cond: impl Fn(&Fake) -> bool,
     ) -> bool {
-        let mut rx = self.written.subscribe();
+        self.wait_on(&self.written, timeout, cond).await
+    }
+
+    /// Awaits `cond`, re-checking after every request (reads included); `false` after `timeout`.
+    pub async fn wait_requests(
+        &self,
+        timeout: std::time::Duration,
+        cond: impl Fn(&Fake) -> bool,
+    ) -> bool {
+        self.wait_on(&self.requested, timeout, cond).await
+    }
+
+    async fn wait_on(
+        &self,
+        bumps: &watch::Sender<u64>,
+        timeout: std::time::Duration,
+        cond: impl Fn(&Fake) -> bool,
+    ) -> bool {
+        let mut rx = bumps.subscribe();
         tokio::time::timeout(timeout, async {
             loop {
                 rx.borrow_and_update();
@@ -278,6 +299,7 @@ async fn handle(State(fake): State<Fake>, req: Request) -> Response {
         .to_string();
     let query: BTreeMap<String, String> = uri.query().map(url_pairs).unwrap_or_default();
     fake.db.lock().requests.push(uri.to_string());
+    fake.requested.send_modify(|g| *g += 1);
     let raw = fake.db.lock().raw.get(uri.path()).cloned();
     if let (Some((code, body)), &Method::GET) = (raw, &method) {
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

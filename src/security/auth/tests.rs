@@ -183,7 +183,10 @@ fn replaced_keys_verify_new_tokens_and_an_unknown_kid_asks_for_a_refresh() {
         auth.verify(&old.token(&spec)),
         Err(AuthError::UnknownKey { .. })
     ));
-    assert!(wanted.notified().now_or_never().is_some(), "retired kid notifies");
+    assert!(
+        wanted.notified().now_or_never().is_some(),
+        "retired kid notifies"
+    );
     // An empty set never replaces a working one.
     assert!(!auth.replace_keys(JwkSet { keys: vec![] }));
     assert_eq!(auth.verify(&new.token(&spec)).unwrap().namespace, "shop");
