@@ -321,6 +321,34 @@ mod tests {
     use super::*;
     use crate::security::CaSource;
 
+    fn identity_args(extra: &[&str]) -> IdentityArgs {
+        let mut argv = vec!["rudder", "discovery", "--config-dir", "/c"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Discovery(d) => d.identity,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn identity_is_one_flag_in_kubernetes_and_needs_a_jwks_file_outside() {
+        assert!(identity_args(&[]).config(true).unwrap().is_none());
+        let id = identity_args(&["--identity"])
+            .config(true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.jwks, None, "keys from the API server");
+        assert_eq!(id.trust_domain, None, "trust domain from the mesh config");
+        assert!(matches!(id.ca, CaSource::Kube { .. }));
+        assert!(identity_args(&["--identity"]).config(false).is_err());
+        let id = identity_args(&["--jwks", "/j.json", "--trust-domain", "example.org"])
+            .config(false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.jwks, Some(PathBuf::from("/j.json")));
+        assert_eq!(id.trust_domain.as_deref(), Some("example.org"));
+    }
+
     #[test]
     fn ca_source_prefers_cacerts_then_an_explicit_dir_then_kubernetes() {
         let default = CaSource::SelfSigned {
