@@ -549,6 +549,29 @@ async fn streams_subscribed_to_the_same_names_share_state() {
     );
     assert!(!std::sync::Arc::ptr_eq(&names[0], &names[2]));
     assert_eq!(*names[2], ["a".to_owned()].into());
+    // The same change to a shared set gives one shared set again (not a copy per stream).
+    for c in clients.iter_mut().take(2) {
+        c.subscribe(ENDPOINT, &["c"]).await;
+        c.unsubscribe(ENDPOINT, &["b"]).await;
+    }
+    let after = server
+        .registry
+        .wait_for(WAIT, |cs| {
+            cs.iter()
+                .filter(|c| c.types[ENDPOINT].names.contains("c"))
+                .filter(|c| !c.types[ENDPOINT].names.contains("b"))
+                .count()
+                == 2
+        })
+        .await
+        .expect("both streams changed their subscription");
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|c| c.types[ENDPOINT].names.contains("c"))
+        .map(|c| c.types[ENDPOINT].names.clone())
+        .collect();
+    assert_eq!(*changed[0], ["a".to_owned(), "c".to_owned()].into());
+    assert!(std::sync::Arc::ptr_eq(&changed[0], &changed[1]));
     // Held resources too: both hold the whole endpoint set, shared, not a copy each.
     let held: Vec<Vec<&str>> = conns
         .iter()

@@ -6,11 +6,11 @@
 //! pushes pending for one connection merge; the semaphore bounds how many connections compute at once.
 //! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
@@ -41,15 +41,66 @@ pub(crate) struct Shared {
     pub name_sets: parking_lot::Mutex<NameSets>,
 }
 
-/// Weak references to the subscribed-name sets in use, by content hash.
+/// Weak references to the subscribed-name sets in use, by content hash, and the subscription changes
+/// already applied to them.
 #[derive(Default)]
 pub(crate) struct NameSets {
-    by_hash: std::collections::HashMap<u64, Vec<std::sync::Weak<BTreeSet<String>>>>,
+    by_hash: HashMap<u64, Vec<Weak<BTreeSet<String>>>>,
     /// Entry count above which dead entries are swept.
     sweep_at: usize,
+    /// (set before, hash of the change) → set after. The weak "before" keeps its address from being reused
+    /// while the entry exists, so a matching pointer is the same set.
+    changes: HashMap<(usize, u64), (Weak<BTreeSet<String>>, Weak<BTreeSet<String>>)>,
+    /// Change count above which dead entries are swept.
+    changes_sweep_at: usize,
 }
 
 impl Shared {
+    /// `names` with `subscribe` added, then `unsubscribe` removed (`*` ignored: the caller tracks the
+    /// wildcard), as a set shared with other streams. When thousands of proxies make the same change to the
+    /// same set (every proxy of a view subscribing to a new cluster's endpoints), the first computes it and
+    /// the others reuse it, instead of each copying the whole set.
+    pub(crate) fn change_names(
+        &self,
+        names: &Arc<BTreeSet<String>>,
+        subscribe: &[String],
+        unsubscribe: &[String],
+    ) -> Arc<BTreeSet<String>> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for n in subscribe {
+            h.update(n.as_bytes());
+            h.update(&[0]);
+        }
+        h.update(&[1]);
+        for n in unsubscribe {
+            h.update(n.as_bytes());
+            h.update(&[0]);
+        }
+        let key = (Arc::as_ptr(names) as usize, h.digest());
+        if let Some((before, after)) = self.name_sets.lock().changes.get(&key)
+            && before.upgrade().is_some_and(|b| Arc::ptr_eq(&b, names))
+            && let Some(after) = after.upgrade()
+        {
+            return after;
+        }
+        let mut next = (**names).clone();
+        next.extend(subscribe.iter().filter(|n| *n != "*").cloned());
+        for n in unsubscribe {
+            next.remove(n);
+        }
+        let mut next = Arc::new(next);
+        self.share_names(&mut next);
+        let mut sets = self.name_sets.lock();
+        sets.changes
+            .insert(key, (Arc::downgrade(names), Arc::downgrade(&next)));
+        if sets.changes.len() > sets.changes_sweep_at {
+            sets.changes
+                .retain(|_, (b, a)| b.strong_count() > 0 && a.strong_count() > 0);
+            sets.changes_sweep_at = (sets.changes.len() * 2).max(64);
+        }
+        next
+    }
+
     /// Replaces `names` by an equal set already in use by another stream, if there is one. Many proxies
     /// subscribe to the same EDS/RDS names (every proxy of a view); one copy instead of one per stream is
     /// most of a stream's memory at thousands of proxies.

@@ -11,7 +11,6 @@
 //! - a newly subscribed name that does not exist is reported in `removed_resources` so the client stops
 //!   waiting for it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -69,24 +68,26 @@ impl Flavor for Delta {
         let may_drop = is_new || !req.resource_names_unsubscribe.is_empty();
         // Only touch the shared maps when the subscription changes: most requests are plain ACKs.
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
-            let names = Arc::make_mut(&mut ts.status.names);
-            for name in req.resource_names_subscribe {
+            for name in &req.resource_names_subscribe {
                 if name == "*" {
                     wildcard = true;
-                } else if names.insert(name.clone()) {
-                    ts.newly_subscribed.insert(name);
+                } else if !ts.status.names.contains(name) {
+                    ts.newly_subscribed.insert(name.clone());
                 }
             }
             for name in &req.resource_names_unsubscribe {
                 if name == "*" {
                     wildcard = false;
                 } else {
-                    names.remove(name);
                     ts.newly_subscribed.remove(name);
                 }
             }
+            ts.status.names = shared.change_names(
+                &ts.status.names,
+                &req.resource_names_subscribe,
+                &req.resource_names_unsubscribe,
+            );
             ts.subscription_changed();
-            shared.share_names(&mut ts.status.names);
         }
         if wildcard != was_wildcard {
             ts.subscription_changed();
