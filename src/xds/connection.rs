@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub name_sets: parking_lot::Mutex<NameSets>,
 }
 
+/// A subscription change applied once: the set before and the set after.
+type NameChange = (Weak<BTreeSet<String>>, Weak<BTreeSet<String>>);
+
 /// Weak references to the subscribed-name sets in use, by content hash, and the subscription changes
 /// already applied to them.
 #[derive(Default)]
@@ -50,7 +53,7 @@ pub(crate) struct NameSets {
     sweep_at: usize,
     /// (set before, hash of the change) → set after. The weak "before" keeps its address from being reused
     /// while the entry exists, so a matching pointer is the same set.
-    changes: HashMap<(usize, u64), (Weak<BTreeSet<String>>, Weak<BTreeSet<String>>)>,
+    changes: HashMap<(usize, u64), NameChange>,
     /// Change count above which dead entries are swept.
     changes_sweep_at: usize,
 }
