@@ -344,7 +344,10 @@ pub(crate) trait Flavor: Send + 'static {
     ) -> Option<Self::Response>;
 }
 
-type Out<F> = mpsc::Sender<Result<<F as Flavor>::Response, Status>>;
+/// A stream's outgoing messages, boxed: a channel slot is then one pointer, not a response and a `Status`
+/// (tokio allocates a stream's slots in blocks of 32, a few KB per stream otherwise).
+pub(crate) type Outgoing<R> = Box<Result<R, Status>>;
+type Out<F> = mpsc::Sender<Outgoing<<F as Flavor>::Response>>;
 type PermitFuture =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -407,7 +410,7 @@ pub(crate) async fn run<F: Flavor>(
         }
         Err(status) => {
             info!(%status, "rejecting ADS stream");
-            let _ = out.send(Err(status)).await;
+            let _ = out.send(Box::new(Err(status))).await;
             return;
         }
     };
@@ -504,7 +507,7 @@ impl ConnState {
             Ok(due) => due,
             Err(status) => {
                 warn!(%status, "bad ADS request");
-                let _ = out.send(Err(status)).await;
+                let _ = out.send(Box::new(Err(status))).await;
                 return false;
             }
         };
@@ -517,7 +520,7 @@ impl ConnState {
         };
         self.publish();
         match resp {
-            Some(resp) => out.send(Ok(resp)).await.is_ok(),
+            Some(resp) => out.send(Box::new(Ok(resp))).await.is_ok(),
             None => true,
         }
     }
@@ -547,7 +550,7 @@ impl ConnState {
         );
         self.publish();
         for resp in responses {
-            if out.send(Ok(resp)).await.is_err() {
+            if out.send(Box::new(Ok(resp))).await.is_err() {
                 return false;
             }
         }

@@ -27,7 +27,7 @@ use tonic::metadata::MetadataMap;
 use tracing::{Instrument, info_span, warn};
 
 use super::XdsResource;
-use super::connection::{self, Flavor, Shared};
+use super::connection::{self, Flavor, Outgoing, Shared};
 use super::delta::Delta;
 use super::sotw::Sotw;
 
@@ -275,7 +275,7 @@ impl<M: prost::Message + Default> RequestStream<M> {
 
 /// A stream's responses as HTTP/2 frames: one data frame per message, then the gRPC status trailers.
 struct ResponseBody<M> {
-    rx: mpsc::Receiver<Result<M, Status>>,
+    rx: mpsc::Receiver<Outgoing<M>>,
     done: bool,
 }
 
@@ -290,7 +290,7 @@ impl<M: Wire> http_body::Body for ResponseBody<M> {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        match self.rx.poll_recv(cx).map(|m| m.map(|m| *m)) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(msg))) => Poll::Ready(Some(Ok(Frame::data(encode(&msg))))),
             Poll::Ready(Some(Err(status))) => {
