@@ -402,8 +402,16 @@ pub(crate) async fn run<F: Flavor>(
                             "proxy authenticated");
                         p.identity = Some(id);
                     }
-                    Err(reason) => warn!(node_id = %p.id, %reason,
-                        "proxy authentication failed: no secrets on this stream"),
+                    Err(reason) => {
+                        // As istiod: the stream is refused, so Envoy retries (after its token is rotated,
+                        // or rudder's keys are) instead of keeping a stream that never gets a certificate.
+                        warn!(node_id = %p.id, %reason, "proxy authentication failed: stream refused");
+                        let status = Status::unauthenticated(format!(
+                            "proxy authentication failed: {reason}"
+                        ));
+                        let _ = out.send(Box::new(Err(status))).await;
+                        return;
+                    }
                 }
             }
             Arc::new(p)
