@@ -671,24 +671,15 @@ async fn assert_tcp_routes(
     }
 }
 
-/// VirtualService `tcp:` routes through a real gateway Envoy: the first rule matching the connection's port wins
-/// (a rule for another port placed first must not catch it), and its weighted destinations split connections.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_routes_match_the_port_and_split_connections_by_weight() {
+/// Two TCP servers answering `a` and `b` (on 127.0.0.11 and .12), as Pods `echo-a-1`/`echo-b-1` behind
+/// Services `echo-a`/`echo-b` (port 20700) in namespace `shop`: the backends of the TCP-route tests.
+async fn tcp_echo_backends() -> String {
     let (a_port, b_port) = (
         tcp_named("127.0.0.11", "a").await,
         tcp_named("127.0.0.12", "b").await,
     );
-    let (split_port, only_b_port) = (free_port(), free_port());
-    let yaml = format!(
+    format!(
         r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
-spec:
-  containers: [{{name: istio-proxy}}]
-status: {{phase: Running, podIP: 127.0.0.2}}
----
 apiVersion: v1
 kind: Pod
 metadata: {{name: echo-a-1, namespace: shop, labels: {{app: echo-a}}}}
@@ -718,6 +709,25 @@ spec:
   clusterIP: 127.0.0.42
   selector: {{app: echo-b}}
   ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
+---
+"#
+    )
+}
+
+/// VirtualService `tcp:` routes through a real gateway Envoy: the first rule matching the connection's port wins
+/// (a rule for another port placed first must not catch it), and its weighted destinations split connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_match_the_port_and_split_connections_by_weight() {
+    let backends = tcp_echo_backends().await;
+    let (split_port, only_b_port) = (free_port(), free_port());
+    let yaml = format!(
+        r#"{backends}
+apiVersion: v1
+kind: Pod
+metadata: {{name: ingress-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec:
+  containers: [{{name: istio-proxy}}]
+status: {{phase: Running, podIP: 127.0.0.2}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -818,12 +828,9 @@ async fn sidecar_tcp_scenario() {
     // istio-init's rule for the client pod, narrowed to the one Service VIP (Envoy's own upstream connections go
     // to the backends' pod addresses and are left alone).
     netns::redirect(VIP, None, 15001);
-    let (a_port, b_port) = (
-        tcp_named("127.0.0.11", "a").await,
-        tcp_named("127.0.0.12", "b").await,
-    );
+    let backends = tcp_echo_backends().await;
     let yaml = format!(
-        r#"
+        r#"{backends}
 apiVersion: v1
 kind: Pod
 metadata: {{name: client-1, namespace: shop, labels: {{app: client}}}}
@@ -832,41 +839,11 @@ spec:
 status: {{phase: Running, podIP: 127.0.0.1}}
 ---
 apiVersion: v1
-kind: Pod
-metadata: {{name: echo-a-1, namespace: shop, labels: {{app: echo-a}}}}
-spec:
-  containers: [{{name: echo, ports: [{{name: tcp-echo, containerPort: {a_port}}}]}}]
-status: {{phase: Running, podIP: 127.0.0.11}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: echo-b-1, namespace: shop, labels: {{app: echo-b}}}}
-spec:
-  containers: [{{name: echo, ports: [{{name: tcp-echo, containerPort: {b_port}}}]}}]
-status: {{phase: Running, podIP: 127.0.0.12}}
----
-apiVersion: v1
 kind: Service
 metadata: {{name: echo, namespace: shop}}
 spec:
   clusterIP: {VIP}
   ports: [{{name: tcp-split, port: 20700}}, {{name: tcp-b, port: 20701}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo-a, namespace: shop}}
-spec:
-  clusterIP: 127.0.0.41
-  selector: {{app: echo-a}}
-  ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo-b, namespace: shop}}
-spec:
-  clusterIP: 127.0.0.42
-  selector: {{app: echo-b}}
-  ports: [{{name: tcp-echo, port: 20700, targetPort: tcp-echo}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
