@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use envoy_types::pb::google::protobuf::Any;
 
 use super::Proxy;
 
@@ -82,14 +81,6 @@ impl XdsResource {
             type_url: type_url.into(),
             bytes,
             version,
-        }
-    }
-
-    /// The resource as an `Any` (copies the bytes: prost's `Any` owns a `Vec`).
-    pub fn to_any(&self) -> Any {
-        Any {
-            type_url: self.type_url.clone(),
-            value: self.bytes.to_vec(),
         }
     }
 }
