@@ -200,6 +200,21 @@ fn status_mib(pid: u32, field: &str) -> f64 {
     kb / 1024.0
 }
 
+/// CPU time (user + system) used so far by process `pid`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) : utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -299,6 +314,9 @@ fn main() {
     }
     let clients = arg("--clients", 100);
     let rounds = arg("--rounds", 5);
+    // Profiling one kind of change: `--config-rounds 0 --eds-rounds 50`.
+    let config_rounds_n = arg("--config-rounds", rounds);
+    let eds_rounds_n = arg("--eds-rounds", rounds);
     rt.block_on(async move {
         // XDS_SCALE_WRAP runs the server under a profiler, e.g. `XDS_SCALE_WRAP=heaptrack`.
         let exe = std::env::current_exe().unwrap();
@@ -346,18 +364,40 @@ fn main() {
 
         let mut config_rounds = Vec::new();
         let mut eds_rounds = Vec::new();
-        for r in 0..rounds {
+        // Wall time of the endpoint rounds and the CPU the server and the clients used during them.
+        let mut eds_wall = Duration::ZERO;
+        let mut eds_cpu = (Duration::ZERO, Duration::ZERO);
+        for r in 0..config_rounds_n.max(eds_rounds_n) {
             let epoch = r + 1;
-            let t0 = Instant::now();
-            v = server.publish(&format!("config {epoch}")).await;
-            config_rounds.push(collect(&mut events, clients, &[CLUSTER, ROUTE], v, t0).await);
-
-            let t0 = Instant::now();
-            v = server.publish(&format!("eds {r} {epoch}")).await;
-            eds_rounds.push(collect(&mut events, clients, &[ENDPOINT], v, t0).await);
+            if r < config_rounds_n {
+                let t0 = Instant::now();
+                v = server.publish(&format!("config {epoch}")).await;
+                config_rounds.push(collect(&mut events, clients, &[CLUSTER, ROUTE], v, t0).await);
+            }
+            if r < eds_rounds_n {
+                let cpu0 = (cpu_time(pid), cpu_time(std::process::id()));
+                let t0 = Instant::now();
+                v = server.publish(&format!("eds {} {epoch}", r % SERVICES)).await;
+                eds_rounds.push(collect(&mut events, clients, &[ENDPOINT], v, t0).await);
+                eds_wall += t0.elapsed();
+                eds_cpu.0 += cpu_time(pid) - cpu0.0;
+                eds_cpu.1 += cpu_time(std::process::id()) - cpu0.1;
+            }
         }
-        report("config change → all ACKed", &config_rounds);
-        report("endpoint change → all ACKed", &eds_rounds);
+        if !config_rounds.is_empty() {
+            report("config change → all ACKed", &config_rounds);
+        }
+        if !eds_rounds.is_empty() {
+            report("endpoint change → all ACKed", &eds_rounds);
+            let n = eds_rounds.len() as u32;
+            println!(
+                "endpoint change: per round {:.2?} wall, server CPU {:.2?} ({:.1?} per client), client CPU {:.2?}",
+                eds_wall / n,
+                eds_cpu.0 / n,
+                eds_cpu.0 / n / clients as u32,
+                eds_cpu.1 / n,
+            );
+        }
         println!("server {}", server.send("stats").await.trim_start_matches("stats "));
         println!(
             "server peak RSS (VmHWM): {:.1} MiB after initial sync, {:.1} MiB at the end (VmRSS now {:.1} MiB); bench client process {:.1} MiB",

@@ -20,7 +20,9 @@ use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::grpc::RequestStream;
-use super::registry::{Chosen, ConnectionStatus, Held, Nack, Protocol, Registry, TypeStatus};
+use super::registry::{
+    Chosen, ConnectionStatus, Entry, Held, Nack, Protocol, Registry, TypeStatus,
+};
 use super::{Authenticate, Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
 /// State shared by every stream of one server.
@@ -283,10 +285,9 @@ impl TypeState {
 
 /// The stream task's state.
 pub(crate) struct ConnState {
-    pub conn_id: u64,
     pub proxy: Arc<Proxy>,
-    pub protocol: Protocol,
-    pub connected_at: SystemTime,
+    /// This stream's entry in the registry.
+    pub entry: Entry,
     /// Generation last pushed to (or current when) this stream.
     pub generation: Option<u64>,
     pub types: BTreeMap<String, TypeState>,
@@ -300,19 +301,20 @@ impl ConnState {
         (self.types.entry(type_url.to_owned()).or_default(), is_new)
     }
 
+    /// Copies the state into the registry entry, in place (this runs after every request and push).
     fn publish(&self) {
-        self.shared.registry.upsert(ConnectionStatus {
-            conn_id: self.conn_id,
-            proxy: self.proxy.clone(),
-            protocol: self.protocol,
-            connected_at: self.connected_at,
-            generation: self.generation,
-            types: self
-                .types
-                .iter()
-                .map(|(t, s)| (t.clone(), s.status.clone()))
-                .collect(),
-        });
+        let mut entry = self.entry.lock();
+        entry.generation = self.generation;
+        for (type_url, state) in &self.types {
+            match entry.types.get_mut(type_url) {
+                Some(status) => status.clone_from(&state.status),
+                None => {
+                    entry.types.insert(type_url.clone(), state.status.clone());
+                }
+            }
+        }
+        drop(entry);
+        self.shared.registry.changed();
     }
 }
 
@@ -424,15 +426,21 @@ pub(crate) async fn run<F: Flavor>(
     };
     let span = info_span!("ads", node_id = %proxy.id, conn_id, protocol = ?F::PROTOCOL);
     shared.metrics.connected.fetch_add(1, Relaxed);
+    let entry = shared.registry.insert(ConnectionStatus {
+        conn_id,
+        proxy: proxy.clone(),
+        protocol: F::PROTOCOL,
+        connected_at: SystemTime::now(),
+        generation: None,
+        types: BTreeMap::new(),
+    });
     let _registered = Registered {
         shared: shared.clone(),
         conn_id,
     };
     let conn = ConnState {
-        conn_id,
         proxy,
-        protocol: F::PROTOCOL,
-        connected_at: SystemTime::now(),
+        entry,
         generation: None,
         types: BTreeMap::new(),
         shared,

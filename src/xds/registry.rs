@@ -1,13 +1,14 @@
 //! Read-only view of every ADS connection for the debug API (`/debug/syncz`, `/debug/config_dump`).
 //!
-//! Each connection task owns its state and publishes a cheap copy (big fields are `Arc`s) here after every
-//! event it handles; readers never block a stream for longer than a map clone.
+//! Each connection task owns its state and copies it into its own entry here after every event it handles
+//! (in place: big fields are `Arc`s and strings reuse their buffers, so a publish allocates nothing); readers
+//! lock one entry at a time and never block a stream for longer than one entry's clone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use super::{Proxy, ResourceSet, XdsResource};
@@ -210,7 +211,7 @@ pub struct Nack {
 }
 
 /// Per type URL state of one connection.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct TypeStatus {
     /// Subscribed to everything of this type.
     pub wildcard: bool,
@@ -230,6 +231,28 @@ pub struct TypeStatus {
     pub last_nack: Option<Nack>,
     /// Responses sent for this type on this stream.
     pub responses: u64,
+}
+
+impl Clone for TypeStatus {
+    fn clone(&self) -> Self {
+        let mut copy = TypeStatus::default();
+        copy.clone_from(self);
+        copy
+    }
+
+    /// Field by field, so the strings of a published copy reuse their buffers: every stream republishes
+    /// its state after each request and push.
+    fn clone_from(&mut self, from: &Self) {
+        self.wildcard = from.wildcard;
+        self.names.clone_from(&from.names);
+        self.sent.clone_from(&from.sent);
+        self.nonce_sent.clone_from(&from.nonce_sent);
+        self.version_sent.clone_from(&from.version_sent);
+        self.acked_nonce.clone_from(&from.acked_nonce);
+        self.acked_version.clone_from(&from.acked_version);
+        self.last_nack.clone_from(&from.last_nack);
+        self.responses = from.responses;
+    }
 }
 
 impl TypeStatus {
@@ -256,10 +279,13 @@ pub struct ConnectionStatus {
     pub types: BTreeMap<String, TypeStatus>,
 }
 
+/// One connection's published state, written by its stream task only.
+pub(crate) type Entry = Arc<Mutex<ConnectionStatus>>;
+
 /// All live connections, keyed by stream id.
 #[derive(Debug)]
 pub struct Registry {
-    conns: RwLock<BTreeMap<u64, ConnectionStatus>>,
+    conns: RwLock<BTreeMap<u64, Entry>>,
     /// Bumped on every update so tests and the debug API can await a condition without polling.
     changes: watch::Sender<u64>,
 }
@@ -276,7 +302,11 @@ impl Default for Registry {
 impl Registry {
     /// A copy of every connection's state, ordered by stream id.
     pub fn connections(&self) -> Vec<ConnectionStatus> {
-        self.conns.read().values().cloned().collect()
+        self.conns
+            .read()
+            .values()
+            .map(|c| c.lock().clone())
+            .collect()
     }
 
     /// Connections of the proxy `<pod>.<namespace>` (several while a proxy reconnects).
@@ -284,8 +314,9 @@ impl Registry {
         self.conns
             .read()
             .values()
+            .map(|c| c.lock())
             .filter(|c| c.proxy.id.pod_key() == pod_key)
-            .cloned()
+            .map(|c| c.clone())
             .collect()
     }
 
@@ -324,13 +355,25 @@ impl Registry {
         }
     }
 
-    pub(crate) fn upsert(&self, status: ConnectionStatus) {
-        self.conns.write().insert(status.conn_id, status);
-        self.changes.send_modify(|n| *n += 1);
+    /// Adds a connection; its stream task then updates the returned entry and calls [`Registry::changed`].
+    pub(crate) fn insert(&self, status: ConnectionStatus) -> Entry {
+        let entry = Arc::new(Mutex::new(status));
+        self.conns
+            .write()
+            .insert(entry.lock().conn_id, entry.clone());
+        self.changed();
+        entry
+    }
+
+    /// Wakes whoever waits for a condition ([`Registry::wait_for`]); nothing to do when nobody does.
+    pub(crate) fn changed(&self) {
+        if self.changes.receiver_count() > 0 {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     pub(crate) fn remove(&self, conn_id: u64) {
         self.conns.write().remove(&conn_id);
-        self.changes.send_modify(|n| *n += 1);
+        self.changed();
     }
 }
