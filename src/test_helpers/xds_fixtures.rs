@@ -275,6 +275,9 @@ impl Generate for StaticGenerator {
                 .collect()
         });
         let base = shared.get(type_url).cloned().unwrap_or_default();
+        if self.per_pod.is_empty() {
+            return base;
+        }
         match self
             .per_pod
             .get(&proxy.id.pod_key())

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -301,15 +301,21 @@ impl ConnState {
         (self.types.entry(type_url.to_owned()).or_default(), is_new)
     }
 
-    /// Copies the state into the registry entry, in place (this runs after every request and push).
-    fn publish(&self) {
+    /// Copies the state of `types` (the ones a request or a push touched) into the registry entry, in
+    /// place: this runs after every request and push.
+    fn publish<'a>(&self, types: impl IntoIterator<Item = &'a str>) {
         let mut entry = self.entry.lock();
         entry.generation = self.generation;
-        for (type_url, state) in &self.types {
+        for type_url in types {
+            let Some(state) = self.types.get(type_url) else {
+                continue;
+            };
             match entry.types.get_mut(type_url) {
                 Some(status) => status.clone_from(&state.status),
                 None => {
-                    entry.types.insert(type_url.clone(), state.status.clone());
+                    entry
+                        .types
+                        .insert(type_url.to_owned(), state.status.clone());
                 }
             }
         }
@@ -333,8 +339,9 @@ pub(crate) trait Flavor: Send + 'static {
 
     fn node(req: &Self::Request) -> Option<&Node>;
 
-    /// Applies a request to the state. Returns the type URL to answer now, if the protocol owes a response.
-    fn apply(conn: &mut ConnState, req: Self::Request) -> Result<Option<String>, Status>;
+    /// Applies a request to the state. Returns the request's type URL, and whether the protocol owes a
+    /// response for it now.
+    fn apply(conn: &mut ConnState, req: Self::Request) -> Result<(String, bool), Status>;
 
     /// Builds the response for `type_url` from `ctx`, or `None` when the client's view did not change and no
     /// response is owed. `push` is the generation's publication time when a push (not a request) causes it.
@@ -494,10 +501,7 @@ impl ConnState {
                 }, if permit.is_some() => {
                     permit = None;
                     let Ok(_permit) = granted else { break };
-                    let ctx = ctx_rx.borrow_and_update().clone();
-                    if let Some(ctx) = ctx
-                        && !self.push::<F>(&ctx, &out).await
-                    {
+                    if !self.push_latest::<F>(&mut ctx_rx, &out).await {
                         break;
                     }
                 }
@@ -506,7 +510,18 @@ impl ConnState {
                         info!("config publisher gone: closing ADS stream");
                         break;
                     }
-                    permit = Some(Box::pin(self.shared.push_permits.clone().acquire_owned()));
+                    // Pushes are short, so a permit is usually free: take it without queueing.
+                    match self.shared.push_permits.clone().try_acquire_owned() {
+                        Ok(_permit) => {
+                            if !self.push_latest::<F>(&mut ctx_rx, &out).await {
+                                break;
+                            }
+                        }
+                        Err(TryAcquireError::NoPermits) => {
+                            permit = Some(Box::pin(self.shared.push_permits.clone().acquire_owned()));
+                        }
+                        Err(TryAcquireError::Closed) => break,
+                    }
                 }
             }
         }
@@ -519,8 +534,8 @@ impl ConnState {
         ctx_rx: &watch::Receiver<Option<Arc<PushContext>>>,
         out: &Out<F>,
     ) -> bool {
-        let due = match F::apply(self, req) {
-            Ok(due) => due,
+        let (type_url, due) = match F::apply(self, req) {
+            Ok(applied) => applied,
             Err(status) => {
                 warn!(%status, "bad ADS request");
                 let _ = out.send(Box::new(Err(status))).await;
@@ -530,13 +545,28 @@ impl ConnState {
         // Clone the Arc and drop the borrow at once: never hold a watch borrow across an await.
         let ctx = ctx_rx.borrow().clone();
         let resp = match (due, ctx) {
-            (Some(type_url), Some(ctx)) => F::build(self, &type_url, &ctx, None),
+            (true, Some(ctx)) => F::build(self, &type_url, &ctx, None),
             // No snapshot yet: `must_respond` stays set and the first generation answers.
             _ => None,
         };
-        self.publish();
+        // A CDS response may have touched EDS too (re-warmed clusters).
+        let rewarmed = (type_url == type_url::CLUSTER).then_some(type_url::ENDPOINT);
+        self.publish(std::iter::once(type_url.as_str()).chain(rewarmed));
         match resp {
             Some(resp) => out.send(Box::new(Ok(resp))).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Pushes the latest generation, if there is one. `false` ends the stream.
+    async fn push_latest<F: Flavor>(
+        &mut self,
+        ctx_rx: &mut watch::Receiver<Option<Arc<PushContext>>>,
+        out: &Out<F>,
+    ) -> bool {
+        let ctx = ctx_rx.borrow_and_update().clone();
+        match ctx {
+            Some(ctx) => self.push::<F>(&ctx, out).await,
             None => true,
         }
     }
@@ -564,7 +594,7 @@ impl ConnState {
             responses = responses.len(),
             "push"
         );
-        self.publish();
+        self.publish(types.iter().map(String::as_str));
         for resp in responses {
             if out.send(Box::new(Ok(resp))).await.is_err() {
                 return false;

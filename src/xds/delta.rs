@@ -36,7 +36,7 @@ impl Flavor for Delta {
         req.node.as_ref()
     }
 
-    fn apply(conn: &mut ConnState, req: DeltaDiscoveryRequest) -> Result<Option<String>, Status> {
+    fn apply(conn: &mut ConnState, req: DeltaDiscoveryRequest) -> Result<(String, bool), Status> {
         if req.type_url.is_empty() {
             return Err(Status::invalid_argument("ADS request without type_url"));
         }
@@ -101,7 +101,7 @@ impl Flavor for Delta {
         if is_new || !ts.newly_subscribed.is_empty() || (wildcard && !was_wildcard) {
             ts.must_respond = true;
         }
-        Ok(ts.must_respond.then_some(req.type_url))
+        Ok((req.type_url, ts.must_respond))
     }
 
     fn build(

@@ -34,7 +34,7 @@ impl Flavor for Sotw {
         req.node.as_ref()
     }
 
-    fn apply(conn: &mut ConnState, req: DiscoveryRequest) -> Result<Option<String>, Status> {
+    fn apply(conn: &mut ConnState, req: DiscoveryRequest) -> Result<(String, bool), Status> {
         if req.type_url.is_empty() {
             return Err(Status::invalid_argument("ADS request without type_url"));
         }
@@ -50,7 +50,7 @@ impl Flavor for Sotw {
             &metrics,
         );
         if check == NonceCheck::Stale {
-            return Ok(None);
+            return Ok((req.type_url, false));
         }
 
         let mut names: BTreeSet<String> = req.resource_names.into_iter().collect();
@@ -82,7 +82,7 @@ impl Flavor for Sotw {
         if is_new || added {
             ts.must_respond = true;
         }
-        Ok(ts.must_respond.then_some(req.type_url))
+        Ok((req.type_url, ts.must_respond))
     }
 
     fn build(
