@@ -16,6 +16,8 @@ use std::time::{Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -464,9 +466,16 @@ impl ConnState {
     ) {
         info!("ADS stream connected");
         let mut ctx_rx = self.shared.ctx_rx.clone();
-        let mut drain = self.shared.drain.clone();
         // Requests are answered from the generation current when they arrive; only later ones are pushes.
         self.generation = ctx_rx.borrow_and_update().as_ref().map(|c| c.version);
+        // Both waits live as long as the stream: made anew on every turn of the loop, each would join and
+        // leave its watch's waiter list (one lock shared by every stream) on every request.
+        let mut generations = WatchStream::from_changes(ctx_rx.clone());
+        let mut drain = self.shared.drain.clone();
+        let draining = async move {
+            let _ = drain.wait_for(|d| *d).await;
+        };
+        tokio::pin!(draining);
         if !self.handle::<F>(first, &ctx_rx, &out).await {
             return;
         }
@@ -474,7 +483,7 @@ impl ConnState {
         loop {
             tokio::select! {
                 biased;
-                _ = async { drain.wait_for(|d| *d).await.is_ok() } => {
+                _ = &mut draining => {
                     info!("draining: closing ADS stream");
                     break;
                 }
@@ -505,8 +514,8 @@ impl ConnState {
                         break;
                     }
                 }
-                changed = ctx_rx.changed(), if permit.is_none() => {
-                    if changed.is_err() {
+                changed = generations.next(), if permit.is_none() => {
+                    if changed.is_none() {
                         info!("config publisher gone: closing ADS stream");
                         break;
                     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use super::connection::Shared;
@@ -160,8 +160,15 @@ impl Server {
         builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(incoming(listener), signal)
             .await
             .map_err(Error::Serve)
     }
+}
+
+/// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself). Without it,
+/// Nagle's algorithm holds back a small response written while an earlier one is unacknowledged (CDS then
+/// EDS then RDS in one push) until the client's delayed ACK: tens of milliseconds per push.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
