@@ -222,6 +222,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
                 push_concurrency: cfg.push_concurrency,
                 tls: Some(loaded.tls),
                 authenticator: Some(loaded.authenticator.clone()),
+                ..Default::default()
             },
             ctx_rx,
         );

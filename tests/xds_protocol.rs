@@ -651,3 +651,26 @@ async fn delta_changed_cluster_gets_its_endpoints_again() {
     c.ack(&r).await;
     c.expect_none(QUIET).await;
 }
+
+#[tokio::test]
+async fn initial_syncs_beyond_the_limit_wait_for_an_ack() {
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    let cfg = rudder::xds::Config {
+        addr: ep(0),
+        sync_concurrency: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(cfg, rx).await;
+    let mut first = DeltaClient::connect(server.addr, &node_id("first", "ns")).await;
+    first.subscribe(CLUSTER, &[]).await;
+    let resp = first.recv().await;
+    // The second stream's initial sync waits while the first one's is un-ACKed…
+    let mut second = DeltaClient::connect(server.addr, &node_id("second", "ns")).await;
+    second.subscribe(CLUSTER, &[]).await;
+    second.expect_none(QUIET).await;
+    // …and starts as soon as the first stream ACKs everything it was sent.
+    first.ack(&resp).await;
+    let got = second.recv().await;
+    assert_eq!(sorted(delta_names(&got)), ["a", "b"]);
+}

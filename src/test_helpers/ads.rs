@@ -54,14 +54,17 @@ impl TestServer {
         rx: watch::Receiver<Option<Arc<PushContext>>>,
         push_concurrency: usize,
     ) -> Self {
-        let server = Server::new(
-            Config {
-                addr,
-                push_concurrency,
-                ..Default::default()
-            },
-            rx,
-        );
+        let cfg = Config {
+            addr,
+            push_concurrency,
+            ..Default::default()
+        };
+        Self::start_with(cfg, rx).await
+    }
+
+    /// Starts a server with `cfg` (plaintext) fed by `rx`.
+    pub async fn start_with(cfg: Config, rx: watch::Receiver<Option<Arc<PushContext>>>) -> Self {
+        let server = Server::new(cfg, rx);
         let (listener, addr) = server.bind().await.expect("bind xDS server");
         let (registry, metrics) = (server.registry(), server.metrics());
         let (tx, stop) = oneshot::channel::<()>();

@@ -25,6 +25,7 @@ use super::grpc::RequestStream;
 use super::registry::{
     Chosen, ConnectionStatus, Entry, Held, Nack, Protocol, Registry, TypeStatus,
 };
+use super::server::SYNC_HOLD;
 use super::{Authenticate, Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
 
 /// State shared by every stream of one server.
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Bounds how many connections compute a push at once.
     pub push_permits: Arc<Semaphore>,
+    /// Bounds how many new streams are in their initial sync at once.
+    pub sync_permits: Arc<Semaphore>,
     /// Becomes `true` (or closes) when the server drains: streams end so Envoy reconnects elsewhere.
     pub drain: watch::Receiver<bool>,
     /// Source of stream ids and nonces.
@@ -476,6 +479,14 @@ impl ConnState {
             let _ = drain.wait_for(|d| *d).await;
         };
         tokio::pin!(draining);
+        // The initial sync waits its turn: see `Config::sync_concurrency`.
+        let mut syncing = tokio::select! {
+            biased;
+            _ = &mut draining => return,
+            permit = self.shared.sync_permits.clone().acquire_owned() => permit.ok(),
+        };
+        let sync_hold = tokio::time::sleep(SYNC_HOLD);
+        tokio::pin!(sync_hold);
         if !self.handle::<F>(first, &ctx_rx, &out).await {
             return;
         }
@@ -492,6 +503,10 @@ impl ConnState {
                         if !self.handle::<F>(req, &ctx_rx, &out).await {
                             break;
                         }
+                        if syncing.is_some() && self.synced() {
+                            debug!("initial sync done");
+                            syncing = None;
+                        }
                     }
                     Ok(None) => {
                         info!("ADS stream closed by the client");
@@ -502,6 +517,10 @@ impl ConnState {
                         break;
                     }
                 },
+                _ = &mut sync_hold, if syncing.is_some() => {
+                    debug!("initial sync not ACKed within {SYNC_HOLD:?}: letting the next stream start");
+                    syncing = None;
+                }
                 granted = async {
                     match permit.as_mut() {
                         Some(p) => p.await,
@@ -534,6 +553,15 @@ impl ConnState {
                 }
             }
         }
+    }
+
+    /// Every type subscribed so far got a response, and the client ACKed the last one.
+    fn synced(&self) -> bool {
+        !self.types.is_empty()
+            && self
+                .types
+                .values()
+                .all(|t| !t.must_respond && t.status.is_acked())
     }
 
     /// Applies one request and sends the response it calls for. `false` ends the stream.

@@ -23,6 +23,9 @@ const RESPONSE_QUEUE: usize = 8;
 /// Envoy messages can be large (a gateway's route table); tonic's 4 MiB default rejects them.
 const MAX_MESSAGE_SIZE: usize = 64 << 20;
 
+/// The longest a stream keeps its initial-sync permit: a client that never ACKs does not hold up the others.
+pub const SYNC_HOLD: Duration = Duration::from_secs(5);
+
 /// How long [`Server::serve`] waits for streams to close after the drain signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -33,6 +36,10 @@ pub struct Config {
     pub addr: SocketAddr,
     /// How many connections may compute a push at once.
     pub push_concurrency: usize,
+    /// How many new streams may be in their initial sync at once (first request until every response is
+    /// ACKed, or [`SYNC_HOLD`]). A fleet reconnecting at once (after a restart) otherwise has every full
+    /// response encoded and in flight together: memory grows with the herd, not with the mesh.
+    pub sync_concurrency: usize,
     /// Serve over TLS with this serving certificate (istiod's 15012); `None` is plaintext (15010).
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Authenticates each stream ([`Proxy::identity`](super::Proxy::identity)). Only honoured with `tls`:
@@ -46,6 +53,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("push_concurrency", &self.push_concurrency)
+            .field("sync_concurrency", &self.sync_concurrency)
             .field("tls", &self.tls.is_some())
             .field("authenticator", &self.authenticator.is_some())
             .finish()
@@ -57,6 +65,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([0, 0, 0, 0], 15010)),
             push_concurrency: 100,
+            sync_concurrency: 100,
             tls: None,
             authenticator: None,
         }
@@ -126,6 +135,7 @@ impl Server {
             registry: self.registry.clone(),
             metrics: self.metrics,
             push_permits: Arc::new(Semaphore::new(self.cfg.push_concurrency.max(1))),
+            sync_permits: Arc::new(Semaphore::new(self.cfg.sync_concurrency.max(1))),
             drain: drain_rx,
             ids: AtomicU64::new(0),
             name_sets: Default::default(),
