@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
 };
+mod bare;
 mod client;
 
 use client::LeanDelta;
@@ -271,14 +272,57 @@ async fn serve() {
     }
 }
 
-/// The parent's handle on the server process.
+/// The parent's handle on a server process.
 struct ServerProc {
     child: Child,
     stdin: ChildStdin,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    pid: u32,
 }
 
 impl ServerProc {
+    /// Starts this binary as a server (`--serve`: rudder, `--serve-bare`: the HTTP/2 floor). Returns it, its
+    /// address, the generation it starts at, and how long it took to build its config.
+    async fn spawn(mode: &str, wrap: Option<String>) -> (Self, SocketAddr, u64, String) {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match wrap {
+            Some(wrap) => {
+                let mut c = Command::new(wrap);
+                c.arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
+            .arg(mode)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the server process");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        // A profiler wrapping the server may print first.
+        let hello = loop {
+            let line = stdout.next_line().await.unwrap().expect("server starts");
+            if line.starts_with("addr ") {
+                break line;
+            }
+        };
+        let mut words = hello.split_whitespace().skip(1);
+        let addr: SocketAddr = words.next().unwrap().parse().unwrap();
+        let v: u64 = words.next().unwrap().parse().unwrap();
+        let built = words.next().unwrap_or("?").to_owned();
+        let pid = child.id().unwrap();
+        let server = ServerProc {
+            child,
+            stdin,
+            stdout,
+            pid,
+        };
+        (server, addr, v, built)
+    }
+
     async fn send(&mut self, command: &str) -> String {
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
@@ -304,6 +348,83 @@ impl ServerProc {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("bad answer {line:?}"))
     }
+
+    /// Closing stdin ends the server (letting a wrapping profiler write its data); killed if it lingers.
+    /// Its clients' streams then break: the caller silences their panics first.
+    async fn stop(self) {
+        let ServerProc {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        if tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Starts `clients` fake Envoys against `addr`; their events come on the returned channel.
+fn connect_clients(addr: SocketAddr, clients: usize) -> mpsc::Receiver<Event> {
+    let (tx, events) = mpsc::channel(clients * 8);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(200));
+    for i in 0..clients {
+        tokio::spawn(client(i, addr, tx.clone(), connecting.clone()));
+    }
+    events
+}
+
+/// Endpoint rounds: per-client latencies of each round, plus the wall time and the CPU the server and the
+/// clients used during them.
+#[derive(Default)]
+struct EdsRounds {
+    rounds: Vec<Vec<Duration>>,
+    wall: Duration,
+    server_cpu: Duration,
+    client_cpu: Duration,
+}
+
+impl EdsRounds {
+    /// Runs one round: an endpoint change, until every client received it.
+    async fn round(
+        &mut self,
+        server: &mut ServerProc,
+        events: &mut mpsc::Receiver<Event>,
+        clients: usize,
+        r: usize,
+    ) {
+        let me = std::process::id();
+        let cpu0 = (cpu_time(server.pid), cpu_time(me));
+        let t0 = Instant::now();
+        let v = server
+            .publish(&format!("eds {} {}", r % SERVICES, r + 1))
+            .await;
+        self.rounds
+            .push(collect(events, clients, &[ENDPOINT], v, t0).await);
+        self.wall += t0.elapsed();
+        self.server_cpu += cpu_time(server.pid) - cpu0.0;
+        self.client_cpu += cpu_time(me) - cpu0.1;
+    }
+
+    fn all(&self) -> Vec<Duration> {
+        let mut all: Vec<Duration> = self.rounds.iter().flatten().copied().collect();
+        all.sort();
+        all
+    }
+
+    fn report(&self, name: &str, clients: usize) {
+        report(name, &self.rounds);
+        let n = self.rounds.len() as u32;
+        println!(
+            "{:<28} per round {:.2?} wall, server CPU {:.2?} ({:.1?} per client), client CPU {:.2?}",
+            "",
+            self.wall / n,
+            self.server_cpu / n,
+            self.server_cpu / n / clients as u32,
+            self.client_cpu / n,
+        );
+    }
 }
 
 fn main() {
@@ -315,6 +436,10 @@ fn main() {
         rt.block_on(serve());
         return;
     }
+    if std::env::args().any(|a| a == "--serve-bare") {
+        rt.block_on(bare::serve(endpoints(&svc(0), &eps(0, 1))));
+        return;
+    }
     let clients = arg("--clients", 100);
     let rounds = arg("--rounds", 5);
     // Profiling one kind of change: `--config-rounds 0 --eds-rounds 50`.
@@ -324,84 +449,33 @@ fn main() {
     // client sends would wake that thread through a futex (12% of the clients' CPU).
     let driver = rt.spawn(async move {
         // XDS_SCALE_WRAP runs the server under a profiler, e.g. `XDS_SCALE_WRAP=heaptrack`.
-        let exe = std::env::current_exe().unwrap();
-        let mut command = match std::env::var("XDS_SCALE_WRAP") {
-            Ok(wrap) => {
-                let mut c = Command::new(wrap);
-                c.arg(exe);
-                c
-            }
-            Err(_) => Command::new(exe),
-        };
-        let mut child = command
-            .arg("--serve")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the server process");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        // A profiler wrapping the server may print first.
-        let hello = loop {
-            let line = stdout.next_line().await.unwrap().expect("server starts");
-            if line.starts_with("addr ") {
-                break line;
-            }
-        };
-        let mut words = hello.split_whitespace().skip(1);
-        let addr: SocketAddr = words.next().unwrap().parse().unwrap();
-        let mut v: u64 = words.next().unwrap().parse().unwrap();
-        let built = words.next().unwrap_or("?").to_owned();
-        let pid = child.id().unwrap();
-        let mut server = ServerProc { child, stdin, stdout };
+        let wrap = std::env::var("XDS_SCALE_WRAP").ok();
+        let (mut server, addr, mut v, built) = ServerProc::spawn("--serve", wrap).await;
+        let pid = server.pid;
         println!("xds_scale: {SERVICES} services, {clients} delta clients, {rounds} rounds (server pid {pid}, built in {built})");
-        let (tx, mut events) = mpsc::channel(clients * 8);
-
         let t0 = Instant::now();
-        let connecting = Arc::new(tokio::sync::Semaphore::new(200));
-        for i in 0..clients {
-            tokio::spawn(client(i, addr, tx.clone(), connecting.clone()));
-        }
+        let mut events = connect_clients(addr, clients);
         let initial = collect(&mut events, clients, &[CLUSTER, ENDPOINT, LISTENER, ROUTE], v, t0).await;
         report("initial sync (connect→all)", &[initial]);
         let rss_initial = peak_rss_mib(pid);
 
         let mut config_rounds = Vec::new();
-        let mut eds_rounds = Vec::new();
-        // Wall time of the endpoint rounds and the CPU the server and the clients used during them.
-        let mut eds_wall = Duration::ZERO;
-        let mut eds_cpu = (Duration::ZERO, Duration::ZERO);
+        let mut eds = EdsRounds::default();
         for r in 0..config_rounds_n.max(eds_rounds_n) {
-            let epoch = r + 1;
             if r < config_rounds_n {
                 let t0 = Instant::now();
-                v = server.publish(&format!("config {epoch}")).await;
+                v = server.publish(&format!("config {}", r + 1)).await;
                 config_rounds.push(collect(&mut events, clients, &[CLUSTER, ROUTE], v, t0).await);
             }
             if r < eds_rounds_n {
-                let cpu0 = (cpu_time(pid), cpu_time(std::process::id()));
-                let t0 = Instant::now();
-                v = server.publish(&format!("eds {} {epoch}", r % SERVICES)).await;
-                eds_rounds.push(collect(&mut events, clients, &[ENDPOINT], v, t0).await);
-                eds_wall += t0.elapsed();
-                eds_cpu.0 += cpu_time(pid) - cpu0.0;
-                eds_cpu.1 += cpu_time(std::process::id()) - cpu0.1;
+                eds.round(&mut server, &mut events, clients, r).await;
             }
         }
         if !config_rounds.is_empty() {
             report("config change → all ACKed", &config_rounds);
         }
-        if !eds_rounds.is_empty() {
-            report("endpoint change → all ACKed", &eds_rounds);
-            let n = eds_rounds.len() as u32;
-            println!(
-                "endpoint change: per round {:.2?} wall, server CPU {:.2?} ({:.1?} per client), client CPU {:.2?}",
-                eds_wall / n,
-                eds_cpu.0 / n,
-                eds_cpu.0 / n / clients as u32,
-                eds_cpu.1 / n,
-            );
+        if !eds.rounds.is_empty() {
+            eds.report("endpoint change → all ACKed", clients);
         }
         println!("server {}", server.send("stats").await.trim_start_matches("stats "));
         println!(
@@ -411,14 +485,30 @@ fn main() {
             status_mib(pid, "VmRSS:"),
             peak_rss_mib(std::process::id())
         );
+        // The fake clients now panic on their broken streams.
         std::panic::set_hook(Box::new(|_| {}));
-        // Closing stdin ends the server (letting a wrapping profiler write its data); kill it if it lingers.
-        let ServerProc { mut child, stdin, .. } = server;
-        drop(stdin);
-        if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
-            let _ = child.kill().await;
+        server.stop().await;
+
+        if !eds.rounds.is_empty() && arg("--floor", 1) == 1 {
+            // The same clients and rounds against a bare HTTP/2 server: what the transport alone costs.
+            let (mut bare, addr, v, _) = ServerProc::spawn("--serve-bare", None).await;
+            let mut events = connect_clients(addr, clients);
+            collect(&mut events, clients, &[ENDPOINT], v, Instant::now()).await;
+            let mut floor = EdsRounds::default();
+            for r in 0..eds.rounds.len() {
+                floor.round(&mut bare, &mut events, clients, r).await;
+            }
+            floor.report("floor: bare HTTP/2 push", clients);
+            let (ours, base) = (eds.all(), floor.all());
+            println!(
+                "endpoint change / bare HTTP/2 floor: p50 {:.2}x, p99 {:.2}x, server CPU {:.2}x",
+                pct(&ours, 0.5).as_secs_f64() / pct(&base, 0.5).as_secs_f64(),
+                pct(&ours, 0.99).as_secs_f64() / pct(&base, 0.99).as_secs_f64(),
+                eds.server_cpu.as_secs_f64() / floor.server_cpu.as_secs_f64().max(1e-9),
+            );
+            bare.stop().await;
         }
-        // The fake clients would now panic on their broken streams: leave without waiting for them.
+        // Leave without waiting for the broken clients.
         std::process::exit(0);
     });
     rt.block_on(driver).unwrap();
