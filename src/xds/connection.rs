@@ -6,6 +6,7 @@
 //! pushes pending for one connection merge; the semaphore bounds how many connections compute at once.
 //! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -182,8 +183,9 @@ pub(crate) struct TypeState {
     pub must_respond: bool,
     /// Delta: names subscribed since the last response; reported in `removed_resources` when absent.
     pub newly_subscribed: BTreeSet<String>,
-    /// Names carried by the last response, recorded with a NACK.
-    pub last_names: Vec<String>,
+    /// What the last response carried (its resources, shared, and the names it removed), to name them in
+    /// a NACK: copying every name into each response's record cost a string per resource per proxy.
+    pub last_sent: Option<(Chosen, Vec<String>)>,
     /// Publication time of the generation that caused the last response, if it was a push.
     pub push_published: Option<Instant>,
     /// Bumped on every subscription change.
@@ -215,29 +217,34 @@ impl TypeState {
         match error {
             Some(err) => {
                 metrics.count_nack(type_url);
-                warn!(type_url, nonce, code = err.code, error = %err.message, names = ?self.last_names, "NACK");
+                let names: Vec<String> = match &self.last_sent {
+                    Some((resources, removed)) => resources
+                        .as_slice()
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .chain(removed.iter().cloned())
+                        .collect(),
+                    None => Vec::new(),
+                };
+                warn!(type_url, nonce, code = err.code, error = %err.message, ?names, "NACK");
                 self.status.last_nack = Some(Nack {
                     nonce: nonce.to_owned(),
                     version: self.status.version_sent.clone().unwrap_or_default(),
                     code: err.code,
                     message: err.message.clone(),
-                    names: self.last_names.clone(),
+                    names,
                     at: SystemTime::now(),
                 });
                 self.push_published = None;
                 NonceCheck::Nack
             }
             None => {
-                self.status.acked_nonce = Some(nonce.to_owned());
-                self.status.acked_version = Some(
-                    version
-                        .map(str::to_owned)
-                        .or_else(|| self.status.version_sent.clone())
-                        .unwrap_or_default(),
-                );
+                set(&mut self.status.acked_nonce, nonce);
+                let version = version.or(self.status.version_sent.as_deref());
+                set(&mut self.status.acked_version, version.unwrap_or_default());
                 self.status.last_nack = None;
-                // The names are only kept to explain a NACK.
-                self.last_names = Vec::new();
+                // Only kept to explain a NACK.
+                self.last_sent = None;
                 if let Some(published) = self.push_published.take() {
                     metrics.convergence.observe(published.elapsed());
                 }
@@ -271,20 +278,31 @@ impl TypeState {
         self.sub_epoch += 1;
     }
 
-    /// Records a response about to be sent.
+    /// Records a response about to be sent: its nonce and version, and what it carries.
     pub fn record_sent(
         &mut self,
-        nonce: String,
-        version: String,
-        names: Vec<String>,
+        nonce: &str,
+        version: &str,
+        carried: (Chosen, Vec<String>),
         push: Option<Instant>,
     ) {
-        self.status.nonce_sent = Some(nonce);
-        self.status.version_sent = Some(version);
+        set(&mut self.status.nonce_sent, nonce);
+        set(&mut self.status.version_sent, version);
         self.status.responses += 1;
-        self.last_names = names;
+        self.last_sent = Some(carried);
         self.must_respond = false;
         self.push_published = push;
+    }
+}
+
+/// Sets `slot` to `value`, reusing its buffer: nonces and versions change on every response and ACK.
+fn set(slot: &mut Option<String>, value: &str) {
+    match slot {
+        Some(s) => {
+            s.clear();
+            s.push_str(value);
+        }
+        None => *slot = Some(value.to_owned()),
     }
 }
 
@@ -613,13 +631,20 @@ impl ConnState {
         let started = Instant::now();
         let eds_only = ctx.endpoints_only && self.generation.is_some_and(|g| g + 1 == ctx.version);
         self.generation = Some(ctx.version);
-        let mut types: Vec<String> = self
-            .types
+        let due = |t: &str, s: &TypeState| !eds_only || t == type_url::ENDPOINT || s.must_respond;
+        // The known types in push order, then any other type a response is owed for (its first request
+        // came before the first generation): a generator has nothing else to push.
+        let mut types: Vec<Cow<'static, str>> = type_url::PUSH_ORDER
             .iter()
-            .filter(|(t, s)| !eds_only || t.as_str() == type_url::ENDPOINT || s.must_respond)
-            .map(|(t, _)| t.clone())
+            .filter(|t| self.types.get(**t).is_some_and(|s| due(t, s)))
+            .map(|t| Cow::Borrowed(*t))
             .collect();
-        types.sort_by_key(|t| type_url::push_rank(t));
+        types.extend(
+            self.types
+                .iter()
+                .filter(|(t, s)| s.must_respond && !type_url::PUSH_ORDER.contains(&t.as_str()))
+                .map(|(t, _)| Cow::Owned(t.clone())),
+        );
         let responses: Vec<F::Response> = types
             .iter()
             .filter_map(|t| F::build(self, t, ctx, Some(ctx.published)))
@@ -631,7 +656,7 @@ impl ConnState {
             responses = responses.len(),
             "push"
         );
-        self.publish(types.iter().map(String::as_str));
+        self.publish(types.iter().map(|t| t.as_ref()));
         for resp in responses {
             if out.send(Box::new(Ok(resp))).await.is_err() {
                 return false;

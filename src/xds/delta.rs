@@ -21,7 +21,7 @@ use tonic::Status;
 
 use super::connection::{ConnState, Diff, Flavor, contains, control_plane, diff};
 use super::grpc::WireResponse;
-use super::registry::{Held, Protocol, SentResource};
+use super::registry::{Chosen, Held, Protocol, SentResource};
 use super::{PushContext, type_url};
 
 /// The delta flavour.
@@ -147,23 +147,19 @@ impl Flavor for Delta {
         }
         let nonce = shared.next_nonce();
         let version = ctx.version.to_string();
-        let names = changed
-            .iter()
-            .map(|r| r.name.clone())
-            .chain(removed.iter().cloned())
-            .collect();
+        let carried = (Chosen::Some(changed.as_slice().into()), removed.clone());
+        ts.record_sent(&nonce, &version, carried, push);
         let resp = WireResponse {
             head: DeltaDiscoveryResponse {
-                system_version_info: version.clone(),
+                system_version_info: version,
                 type_url: type_url.to_owned(),
                 removed_resources: removed,
-                nonce: nonce.clone(),
+                nonce,
                 control_plane: control_plane(),
                 ..Default::default()
             },
             resources: changed,
         };
-        ts.record_sent(nonce, version, names, push);
         if !rewarmed.is_empty()
             && let Some(eds) = types.get_mut(type_url::ENDPOINT)
         {

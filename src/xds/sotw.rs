@@ -113,22 +113,17 @@ impl Flavor for Sotw {
         }
         let nonce = shared.next_nonce();
         let version = ctx.version.to_string();
+        ts.record_sent(&nonce, &version, (chosen.clone(), Vec::new()), push);
         let resp = WireResponse {
             head: DiscoveryResponse {
-                version_info: version.clone(),
+                version_info: version,
                 type_url: type_url.to_owned(),
-                nonce: nonce.clone(),
+                nonce,
                 control_plane: control_plane(),
                 ..Default::default()
             },
             resources: chosen.as_slice().to_vec(),
         };
-        ts.record_sent(
-            nonce,
-            version,
-            chosen.as_slice().iter().map(|r| r.name.clone()).collect(),
-            push,
-        );
         ts.status.sent = Held::exactly(chosen);
         // Envoy keeps a changed EDS cluster warming until it receives its endpoints again, and asks for nothing
         // new (the names did not change): after a changed cluster, endpoints are owed even when unchanged (as
