@@ -195,9 +195,15 @@ impl Wire for WireResponse<DeltaDiscoveryResponse> {
 }
 
 /// The requests of one stream, decoded one message at a time.
+///
+/// A request usually arrives whole in one HTTP/2 frame (an ACK is ~100 bytes) and is decoded straight from
+/// that frame; only a message split across frames is gathered into a buffer, which is let go afterwards.
 pub(crate) struct RequestStream<M> {
     body: Body,
-    buf: BytesMut,
+    /// The unread rest of the last frame, while `partial` is empty.
+    frame: Bytes,
+    /// A message split across frames, gathered.
+    partial: BytesMut,
     max_message: usize,
     ended: bool,
     _message: PhantomData<fn() -> M>,
@@ -207,7 +213,8 @@ impl<M: prost::Message + Default> RequestStream<M> {
     pub fn new(body: Body, max_message: usize) -> Self {
         RequestStream {
             body,
-            buf: BytesMut::new(),
+            frame: Bytes::new(),
+            partial: BytesMut::new(),
             max_message,
             ended: false,
             _message: PhantomData,
@@ -221,7 +228,7 @@ impl<M: prost::Message + Default> RequestStream<M> {
                 return Ok(Some(msg));
             }
             if self.ended {
-                return match self.buf.is_empty() {
+                return match self.partial.is_empty() {
                     true => Ok(None),
                     false => Err(Status::internal(
                         "request stream ended in the middle of a message",
@@ -232,7 +239,11 @@ impl<M: prost::Message + Default> RequestStream<M> {
                 Some(Ok(frame)) => {
                     // Trailers carry nothing for a request stream.
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        if self.partial.is_empty() {
+                            self.frame = data;
+                        } else {
+                            self.partial.extend_from_slice(&data);
+                        }
                     }
                 }
                 Some(Err(status)) => return Err(status),
@@ -241,36 +252,65 @@ impl<M: prost::Message + Default> RequestStream<M> {
         }
     }
 
-    /// Takes one complete message off the buffer, if there is one.
+    /// Takes one complete message off the frame or the gathered bytes, if there is one.
     fn parse(&mut self) -> Result<Option<M>, Status> {
-        if self.buf.len() < PREFIX {
+        if self.partial.is_empty() {
+            let Some(len) = self.complete(&self.frame)? else {
+                // Incomplete: gather it with what follows.
+                self.partial.extend_from_slice(&self.frame);
+                self.frame = Bytes::new();
+                return Ok(None);
+            };
+            let msg = decode(&self.frame[PREFIX..PREFIX + len])?;
+            self.frame.advance(PREFIX + len);
+            return Ok(Some(msg));
+        }
+        let Some(len) = self.complete(&self.partial)? else {
+            if self.partial.len() >= PREFIX {
+                let len = u32::from_be_bytes([
+                    self.partial[1],
+                    self.partial[2],
+                    self.partial[3],
+                    self.partial[4],
+                ]) as usize;
+                self.partial.reserve(PREFIX + len - self.partial.len());
+            }
+            return Ok(None);
+        };
+        let msg = decode(&self.partial[PREFIX..PREFIX + len])?;
+        self.partial.advance(PREFIX + len);
+        // The buffer is not kept for the stream's lifetime; what follows the message is parsed as a frame.
+        let rest = std::mem::take(&mut self.partial);
+        if !rest.is_empty() {
+            self.frame = rest.freeze();
+        }
+        Ok(Some(msg))
+    }
+
+    /// The length of the message at the start of `buf` if all of it is there (`None` when empty or
+    /// incomplete); errors for a compressed or oversized message.
+    fn complete(&self, buf: &[u8]) -> Result<Option<usize>, Status> {
+        if buf.len() < PREFIX {
             return Ok(None);
         }
-        if self.buf[0] != 0 {
+        if buf[0] != 0 {
             return Err(Status::unimplemented(
                 "compressed requests are not supported",
             ));
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         if len > self.max_message {
             return Err(Status::resource_exhausted(format!(
                 "request of {len} bytes is over the limit of {}",
                 self.max_message
             )));
         }
-        if self.buf.len() < PREFIX + len {
-            self.buf.reserve(PREFIX + len - self.buf.len());
-            return Ok(None);
-        }
-        let msg = M::decode(&self.buf[PREFIX..PREFIX + len])
-            .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
-        self.buf.advance(PREFIX + len);
-        if self.buf.is_empty() {
-            // Let a large request's buffer go instead of keeping it for the stream's lifetime.
-            self.buf = BytesMut::new();
-        }
-        Ok(Some(msg))
+        Ok((buf.len() >= PREFIX + len).then_some(len))
     }
+}
+
+fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))
 }
 
 /// A stream's responses as HTTP/2 frames: one data frame per message, then the gRPC status trailers.
@@ -446,7 +486,19 @@ mod tests {
         assert_eq!(s.message().await.unwrap().unwrap(), req("one"));
         assert_eq!(s.message().await.unwrap().unwrap(), req("two"));
         assert_eq!(s.message().await.unwrap(), None);
-        assert_eq!(s.buf.capacity(), 0, "no buffer kept between messages");
+        assert_eq!(s.partial.capacity(), 0, "no buffer kept between messages");
+    }
+
+    #[tokio::test]
+    async fn whole_requests_decode_from_their_frame_without_gathering() {
+        let mut wire = encode(&req("one")).to_vec();
+        wire.extend_from_slice(&encode(&req("two")));
+        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![wire]), 1 << 20);
+        assert_eq!(s.message().await.unwrap().unwrap(), req("one"));
+        assert_eq!(s.partial.capacity(), 0);
+        assert_eq!(s.message().await.unwrap().unwrap(), req("two"));
+        assert_eq!(s.message().await.unwrap(), None);
+        assert_eq!(s.partial.capacity(), 0);
     }
 
     #[tokio::test]
