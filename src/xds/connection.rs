@@ -306,6 +306,44 @@ fn set(slot: &mut Option<String>, value: &str) {
     }
 }
 
+/// A stream's per type URL state, in the order types were first requested. A stream has at most a handful
+/// of types; a list compared with `==` (lengths first: the URLs share a long prefix) is cheaper to search
+/// than a map ordered by the whole string, and smaller than a map node.
+#[derive(Debug, Default)]
+pub(crate) struct TypeStates(Vec<(String, TypeState)>);
+
+impl TypeStates {
+    pub fn get(&self, type_url: &str) -> Option<&TypeState> {
+        self.0.iter().find(|(t, _)| t == type_url).map(|(_, s)| s)
+    }
+
+    pub fn get_mut(&mut self, type_url: &str) -> Option<&mut TypeState> {
+        self.0
+            .iter_mut()
+            .find(|(t, _)| t == type_url)
+            .map(|(_, s)| s)
+    }
+
+    /// The state of `type_url`, created on first use; `true` if it was just created.
+    pub fn get_or_insert(&mut self, type_url: &str) -> (&mut TypeState, bool) {
+        match self.0.iter().position(|(t, _)| t == type_url) {
+            Some(i) => (&mut self.0[i].1, false),
+            None => {
+                self.0.push((type_url.to_owned(), TypeState::default()));
+                (&mut self.0.last_mut().expect("just pushed").1, true)
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &TypeState)> {
+        self.0.iter().map(|(t, s)| (t.as_str(), s))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The stream task's state.
 pub(crate) struct ConnState {
     pub proxy: Arc<Proxy>,
@@ -313,15 +351,14 @@ pub(crate) struct ConnState {
     pub entry: Entry,
     /// Generation last pushed to (or current when) this stream.
     pub generation: Option<u64>,
-    pub types: BTreeMap<String, TypeState>,
+    pub types: TypeStates,
     pub shared: Arc<Shared>,
 }
 
 impl ConnState {
     /// The state of `type_url`, created on first use; `true` if it was just created.
     pub fn type_state(&mut self, type_url: &str) -> (&mut TypeState, bool) {
-        let is_new = !self.types.contains_key(type_url);
-        (self.types.entry(type_url.to_owned()).or_default(), is_new)
+        self.types.get_or_insert(type_url)
     }
 
     /// Copies the state of `types` (the ones a request or a push touched) into the registry entry, in
@@ -472,7 +509,7 @@ pub(crate) async fn run<F: Flavor>(
         proxy,
         entry,
         generation: None,
-        types: BTreeMap::new(),
+        types: TypeStates::default(),
         shared,
     };
     conn.serve::<F>(first, inbound, out).instrument(span).await;
@@ -578,8 +615,8 @@ impl ConnState {
         !self.types.is_empty()
             && self
                 .types
-                .values()
-                .all(|t| !t.must_respond && t.status.is_acked())
+                .iter()
+                .all(|(_, t)| !t.must_respond && t.status.is_acked())
     }
 
     /// Applies one request and sends the response it calls for. `false` ends the stream.
@@ -636,14 +673,14 @@ impl ConnState {
         // came before the first generation): a generator has nothing else to push.
         let mut types: Vec<Cow<'static, str>> = type_url::PUSH_ORDER
             .iter()
-            .filter(|t| self.types.get(**t).is_some_and(|s| due(t, s)))
+            .filter(|t| self.types.get(t).is_some_and(|s| due(t, s)))
             .map(|t| Cow::Borrowed(*t))
             .collect();
         types.extend(
             self.types
                 .iter()
-                .filter(|(t, s)| s.must_respond && !type_url::PUSH_ORDER.contains(&t.as_str()))
-                .map(|(t, _)| Cow::Owned(t.clone())),
+                .filter(|(t, s)| s.must_respond && !type_url::PUSH_ORDER.contains(t))
+                .map(|(t, _)| Cow::Owned(t.to_owned())),
         );
         let responses: Vec<F::Response> = types
             .iter()
