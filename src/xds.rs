@@ -23,6 +23,7 @@ pub mod registry;
 pub mod resource;
 mod server;
 mod sotw;
+mod type_state;
 
 use std::net::SocketAddr;
 

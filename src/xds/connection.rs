@@ -1,10 +1,12 @@
 //! One ADS stream: a task that owns the stream's per-type state (subscriptions, nonces, ACKs, NACKs, what was
 //! sent), answers requests, and applies new generations when the push gate lets it.
 //!
-//! The loop `select!`s over, in priority order: drain, the next request, a granted push permit, and a new
-//! generation on the `watch` (which then asks for a permit). The watch keeps only the latest generation, so
-//! pushes pending for one connection merge; the semaphore bounds how many connections compute at once.
+//! The loop `select!`s over, in priority order: drain, the next request, the end of the initial-sync hold, a
+//! granted push permit, and a new generation on the `watch` (which then asks for a permit). The watch keeps only
+//! the latest generation, so pushes pending for one connection merge; one semaphore bounds how many connections
+//! compute a push at once, another how many new streams are in their initial sync.
 //! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
+//! The per type URL state lives in [`super::type_state`].
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,7 +17,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
@@ -23,11 +24,10 @@ use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::grpc::RequestStream;
-use super::registry::{
-    Chosen, ConnectionStatus, Entry, Held, Nack, Protocol, Registry, TypeStatus,
-};
+use super::registry::{Chosen, ConnectionStatus, Entry, Held, Protocol, Registry};
 use super::server::SYNC_HOLD;
-use super::{Authenticate, Metrics, Proxy, PushContext, ResourceSet, XdsResource, type_url};
+pub(crate) use super::type_state::{NonceCheck, TypeState, TypeStates};
+use super::{Authenticate, Metrics, Proxy, PushContext, XdsResource, type_url};
 
 /// State shared by every stream of one server.
 pub(crate) struct Shared {
@@ -156,191 +156,6 @@ impl Shared {
 
     pub(crate) fn next_nonce(&self) -> String {
         format!("{:x}", self.next_id())
-    }
-}
-
-/// What the `response_nonce` of a request says about the previous response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NonceCheck {
-    /// First request for the type on this stream, or a request that acknowledges nothing.
-    Initial,
-    /// Refers to a response that is no longer the latest: ignored (SotW) or its ACK/NACK ignored (delta).
-    Stale,
-    /// The latest response was accepted.
-    Ack,
-    /// The latest response was rejected.
-    Nack,
-}
-
-/// Per type URL state owned by the stream task.
-#[derive(Debug, Default)]
-pub(crate) struct TypeState {
-    /// The part published to the registry.
-    pub status: TypeStatus,
-    /// SotW: the wildcard came from an empty name list (legacy), so it ends with the first non-empty list.
-    pub legacy_wildcard: bool,
-    /// A response is owed whatever the content (first request, new names).
-    pub must_respond: bool,
-    /// Delta: names subscribed since the last response; reported in `removed_resources` when absent.
-    pub newly_subscribed: BTreeSet<String>,
-    /// What the last response carried (its resources, shared, and the names it removed), to name them in
-    /// a NACK: copying every name into each response's record cost a string per resource per proxy.
-    pub last_sent: Option<(Chosen, Vec<String>)>,
-    /// Publication time of the generation that caused the last response, if it was a push.
-    pub push_published: Option<Instant>,
-    /// Bumped on every subscription change.
-    pub sub_epoch: u64,
-    /// (set digest, `sub_epoch`) of the last build.
-    pub built_from: Option<(u64, u64)>,
-}
-
-impl TypeState {
-    /// Interprets `response_nonce` (+ `error_detail`) and records ACK/NACK.
-    pub fn check_nonce(
-        &mut self,
-        is_new: bool,
-        type_url: &str,
-        nonce: &str,
-        version: Option<&str>,
-        error: Option<&RpcStatus>,
-        metrics: &Metrics,
-    ) -> NonceCheck {
-        if is_new || nonce.is_empty() {
-            // A nonce on the first request belongs to an earlier stream (reconnect): nothing to acknowledge.
-            return NonceCheck::Initial;
-        }
-        if self.status.nonce_sent.as_deref() != Some(nonce) {
-            metrics.stale_nonces.fetch_add(1, Relaxed);
-            debug!(type_url, nonce, "stale nonce");
-            return NonceCheck::Stale;
-        }
-        match error {
-            Some(err) => {
-                metrics.count_nack(type_url);
-                let names: Vec<String> = match &self.last_sent {
-                    Some((resources, removed)) => resources
-                        .as_slice()
-                        .iter()
-                        .map(|r| r.name.clone())
-                        .chain(removed.iter().cloned())
-                        .collect(),
-                    None => Vec::new(),
-                };
-                warn!(type_url, nonce, code = err.code, error = %err.message, ?names, "NACK");
-                self.status.last_nack = Some(Nack {
-                    nonce: nonce.to_owned(),
-                    version: self.status.version_sent.clone().unwrap_or_default(),
-                    code: err.code,
-                    message: err.message.clone(),
-                    names,
-                    at: SystemTime::now(),
-                });
-                self.push_published = None;
-                NonceCheck::Nack
-            }
-            None => {
-                set(&mut self.status.acked_nonce, nonce);
-                let version = version.or(self.status.version_sent.as_deref());
-                set(&mut self.status.acked_version, version.unwrap_or_default());
-                self.status.last_nack = None;
-                // Only kept to explain a NACK.
-                self.last_sent = None;
-                if let Some(published) = self.push_published.take() {
-                    metrics.convergence.observe(published.elapsed());
-                }
-                debug!(type_url, nonce, "ACK");
-                NonceCheck::Ack
-            }
-        }
-    }
-
-    /// The resources of `set` this subscription asks for (sorted by name), or `None` when neither the set
-    /// (by digest) nor the subscription changed since the last build and no response is owed: the O(1) path
-    /// for the many proxies a generation does not concern.
-    pub fn select(&mut self, set: &ResourceSet) -> Option<Chosen> {
-        let input = (set.digest(), self.sub_epoch);
-        if !self.must_respond && self.built_from == Some(input) {
-            return None;
-        }
-        self.built_from = Some(input);
-        if self.status.wildcard {
-            return Some(Chosen::All(set.clone()));
-        }
-        Some(match set.select(&self.status.names) {
-            // Subscribed to every resource of the set (the usual EDS case): share the set.
-            None => Chosen::All(set.clone()),
-            Some(list) => Chosen::Some(list),
-        })
-    }
-
-    /// The subscription (names or wildcard) changed: the next build must look at the content.
-    pub fn subscription_changed(&mut self) {
-        self.sub_epoch += 1;
-    }
-
-    /// Records a response about to be sent: its nonce and version, and what it carries.
-    pub fn record_sent(
-        &mut self,
-        nonce: &str,
-        version: &str,
-        carried: (Chosen, Vec<String>),
-        push: Option<Instant>,
-    ) {
-        set(&mut self.status.nonce_sent, nonce);
-        set(&mut self.status.version_sent, version);
-        self.status.responses += 1;
-        self.last_sent = Some(carried);
-        self.must_respond = false;
-        self.push_published = push;
-    }
-}
-
-/// Sets `slot` to `value`, reusing its buffer: nonces and versions change on every response and ACK.
-fn set(slot: &mut Option<String>, value: &str) {
-    match slot {
-        Some(s) => {
-            s.clear();
-            s.push_str(value);
-        }
-        None => *slot = Some(value.to_owned()),
-    }
-}
-
-/// A stream's per type URL state, in the order types were first requested. A stream has at most a handful
-/// of types; a list compared with `==` (lengths first: the URLs share a long prefix) is cheaper to search
-/// than a map ordered by the whole string, and smaller than a map node.
-#[derive(Debug, Default)]
-pub(crate) struct TypeStates(Vec<(String, TypeState)>);
-
-impl TypeStates {
-    pub fn get(&self, type_url: &str) -> Option<&TypeState> {
-        self.0.iter().find(|(t, _)| t == type_url).map(|(_, s)| s)
-    }
-
-    pub fn get_mut(&mut self, type_url: &str) -> Option<&mut TypeState> {
-        self.0
-            .iter_mut()
-            .find(|(t, _)| t == type_url)
-            .map(|(_, s)| s)
-    }
-
-    /// The state of `type_url`, created on first use; `true` if it was just created.
-    pub fn get_or_insert(&mut self, type_url: &str) -> (&mut TypeState, bool) {
-        match self.0.iter().position(|(t, _)| t == type_url) {
-            Some(i) => (&mut self.0[i].1, false),
-            None => {
-                self.0.push((type_url.to_owned(), TypeState::default()));
-                (&mut self.0.last_mut().expect("just pushed").1, true)
-            }
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &TypeState)> {
-        self.0.iter().map(|(t, s)| (t.as_str(), s))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -758,7 +573,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::xds::SentResource;
+    use crate::xds::{ResourceSet, SentResource};
 
     fn res(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
         Arc::new(XdsResource::from_bytes(

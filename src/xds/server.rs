@@ -24,7 +24,7 @@ const RESPONSE_QUEUE: usize = 8;
 const MAX_MESSAGE_SIZE: usize = 64 << 20;
 
 /// The longest a stream keeps its initial-sync permit: a client that never ACKs does not hold up the others.
-pub const SYNC_HOLD: Duration = Duration::from_secs(5);
+pub(crate) const SYNC_HOLD: Duration = Duration::from_secs(5);
 
 /// How long [`Server::serve`] waits for streams to close after the drain signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ pub struct Config {
     /// How many connections may compute a push at once.
     pub push_concurrency: usize,
     /// How many new streams may be in their initial sync at once (first request until every response is
-    /// ACKed, or [`SYNC_HOLD`]). A fleet reconnecting at once (after a restart) otherwise has every full
+    /// ACKed, or 5 s). A fleet reconnecting at once (after a restart) otherwise has every full
     /// response encoded and in flight together: memory grows with the herd, not with the mesh.
     pub sync_concurrency: usize,
     /// Serve over TLS with this serving certificate (istiod's 15012); `None` is plaintext (15010).

@@ -1,0 +1,197 @@
+//! Per type URL state of one ADS stream: the subscription, the nonces sent and ACKed, the last NACK, and what
+//! the last response carried; owned by the stream's task ([`super::connection`]).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tracing::{debug, warn};
+
+use super::registry::{Chosen, Nack, TypeStatus};
+use super::{Metrics, ResourceSet};
+
+/// What the `response_nonce` of a request says about the previous response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NonceCheck {
+    /// First request for the type on this stream, or a request that acknowledges nothing.
+    Initial,
+    /// Refers to a response that is no longer the latest: ignored (SotW) or its ACK/NACK ignored (delta).
+    Stale,
+    /// The latest response was accepted.
+    Ack,
+    /// The latest response was rejected.
+    Nack,
+}
+
+/// Per type URL state owned by the stream task.
+#[derive(Debug, Default)]
+pub(crate) struct TypeState {
+    /// The part published to the registry.
+    pub status: TypeStatus,
+    /// SotW: the wildcard came from an empty name list (legacy), so it ends with the first non-empty list.
+    pub legacy_wildcard: bool,
+    /// A response is owed whatever the content (first request, new names).
+    pub must_respond: bool,
+    /// Delta: names subscribed since the last response; reported in `removed_resources` when absent.
+    pub newly_subscribed: BTreeSet<String>,
+    /// What the last response carried (its resources, shared, and the names it removed), to name them in
+    /// a NACK: copying every name into each response's record cost a string per resource per proxy.
+    pub last_sent: Option<(Chosen, Vec<String>)>,
+    /// Publication time of the generation that caused the last response, if it was a push.
+    pub push_published: Option<Instant>,
+    /// Bumped on every subscription change.
+    pub sub_epoch: u64,
+    /// (set digest, `sub_epoch`) of the last build.
+    pub built_from: Option<(u64, u64)>,
+}
+
+impl TypeState {
+    /// Interprets `response_nonce` (+ `error_detail`) and records ACK/NACK.
+    pub fn check_nonce(
+        &mut self,
+        is_new: bool,
+        type_url: &str,
+        nonce: &str,
+        version: Option<&str>,
+        error: Option<&RpcStatus>,
+        metrics: &Metrics,
+    ) -> NonceCheck {
+        if is_new || nonce.is_empty() {
+            // A nonce on the first request belongs to an earlier stream (reconnect): nothing to acknowledge.
+            return NonceCheck::Initial;
+        }
+        if self.status.nonce_sent.as_deref() != Some(nonce) {
+            metrics.stale_nonces.fetch_add(1, Relaxed);
+            debug!(type_url, nonce, "stale nonce");
+            return NonceCheck::Stale;
+        }
+        match error {
+            Some(err) => {
+                metrics.count_nack(type_url);
+                let names: Vec<String> = match &self.last_sent {
+                    Some((resources, removed)) => resources
+                        .as_slice()
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .chain(removed.iter().cloned())
+                        .collect(),
+                    None => Vec::new(),
+                };
+                warn!(type_url, nonce, code = err.code, error = %err.message, ?names, "NACK");
+                self.status.last_nack = Some(Nack {
+                    nonce: nonce.to_owned(),
+                    version: self.status.version_sent.clone().unwrap_or_default(),
+                    code: err.code,
+                    message: err.message.clone(),
+                    names,
+                    at: SystemTime::now(),
+                });
+                self.push_published = None;
+                NonceCheck::Nack
+            }
+            None => {
+                set(&mut self.status.acked_nonce, nonce);
+                let version = version.or(self.status.version_sent.as_deref());
+                set(&mut self.status.acked_version, version.unwrap_or_default());
+                self.status.last_nack = None;
+                // Only kept to explain a NACK.
+                self.last_sent = None;
+                if let Some(published) = self.push_published.take() {
+                    metrics.convergence.observe(published.elapsed());
+                }
+                debug!(type_url, nonce, "ACK");
+                NonceCheck::Ack
+            }
+        }
+    }
+
+    /// The resources of `set` this subscription asks for (sorted by name), or `None` when neither the set
+    /// (by digest) nor the subscription changed since the last build and no response is owed: the O(1) path
+    /// for the many proxies a generation does not concern.
+    pub fn select(&mut self, set: &ResourceSet) -> Option<Chosen> {
+        let input = (set.digest(), self.sub_epoch);
+        if !self.must_respond && self.built_from == Some(input) {
+            return None;
+        }
+        self.built_from = Some(input);
+        if self.status.wildcard {
+            return Some(Chosen::All(set.clone()));
+        }
+        Some(match set.select(&self.status.names) {
+            // Subscribed to every resource of the set (the usual EDS case): share the set.
+            None => Chosen::All(set.clone()),
+            Some(list) => Chosen::Some(list),
+        })
+    }
+
+    /// The subscription (names or wildcard) changed: the next build must look at the content.
+    pub fn subscription_changed(&mut self) {
+        self.sub_epoch += 1;
+    }
+
+    /// Records a response about to be sent: its nonce and version, and what it carries.
+    pub fn record_sent(
+        &mut self,
+        nonce: &str,
+        version: &str,
+        carried: (Chosen, Vec<String>),
+        push: Option<Instant>,
+    ) {
+        set(&mut self.status.nonce_sent, nonce);
+        set(&mut self.status.version_sent, version);
+        self.status.responses += 1;
+        self.last_sent = Some(carried);
+        self.must_respond = false;
+        self.push_published = push;
+    }
+}
+
+/// Sets `slot` to `value`, reusing its buffer: nonces and versions change on every response and ACK.
+fn set(slot: &mut Option<String>, value: &str) {
+    match slot {
+        Some(s) => {
+            s.clear();
+            s.push_str(value);
+        }
+        None => *slot = Some(value.to_owned()),
+    }
+}
+
+/// A stream's per type URL state, in the order types were first requested. A stream has at most a handful
+/// of types; a list compared with `==` (lengths first: the URLs share a long prefix) is cheaper to search
+/// than a map ordered by the whole string, and smaller than a map node.
+#[derive(Debug, Default)]
+pub(crate) struct TypeStates(Vec<(String, TypeState)>);
+
+impl TypeStates {
+    pub fn get(&self, type_url: &str) -> Option<&TypeState> {
+        self.0.iter().find(|(t, _)| t == type_url).map(|(_, s)| s)
+    }
+
+    pub fn get_mut(&mut self, type_url: &str) -> Option<&mut TypeState> {
+        self.0
+            .iter_mut()
+            .find(|(t, _)| t == type_url)
+            .map(|(_, s)| s)
+    }
+
+    /// The state of `type_url`, created on first use; `true` if it was just created.
+    pub fn get_or_insert(&mut self, type_url: &str) -> (&mut TypeState, bool) {
+        match self.0.iter().position(|(t, _)| t == type_url) {
+            Some(i) => (&mut self.0[i].1, false),
+            None => {
+                self.0.push((type_url.to_owned(), TypeState::default()));
+                (&mut self.0.last_mut().expect("just pushed").1, true)
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &TypeState)> {
+        self.0.iter().map(|(t, s)| (t.as_str(), s))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
