@@ -50,8 +50,17 @@ pub async fn serve(resource: Arc<XdsResource>) {
         listener.local_addr().expect("address")
     );
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(connection(tcp, rx.clone()));
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    tokio::spawn(connection(tcp, rx.clone()));
+                }
+                // A connection reset before it was accepted, or a momentary shortage: keep accepting.
+                Err(e) => {
+                    eprintln!("bare server: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
         }
     });
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -67,42 +76,51 @@ pub async fn serve(resource: Arc<XdsResource>) {
 }
 
 /// One client: its stream gets the current message at once (its initial sync), then every new one.
-async fn connection(tcp: TcpStream, mut pushes: watch::Receiver<Bytes>) {
+async fn connection(tcp: TcpStream, pushes: watch::Receiver<Bytes>) {
+    if let Err(e) = serve_stream(tcp, pushes).await {
+        eprintln!("bare server: connection ended: {e}");
+    }
+}
+
+async fn serve_stream(tcp: TcpStream, mut pushes: watch::Receiver<Bytes>) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let Ok(mut conn) = h2::server::handshake(tcp).await else {
-        return;
-    };
-    let Some(Ok((request, mut respond))) = conn.accept().await else {
-        return;
+    let mut conn = h2::server::handshake(tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (request, mut respond) = match conn.accept().await {
+        Some(stream) => stream.map_err(|e| format!("first stream: {e}"))?,
+        None => return Err("closed before a stream".into()),
     };
     let mut acks = request.into_body();
     let head = http::Response::builder()
         .header("content-type", "application/grpc")
         .body(())
         .expect("response head");
-    let Ok(mut send) = respond.send_response(head, false) else {
-        return;
-    };
+    let mut send = respond
+        .send_response(head, false)
+        .map_err(|e| format!("response: {e}"))?;
     let first = pushes.borrow_and_update().clone();
-    if send.send_data(first, false).is_err() {
-        return;
-    }
+    send.send_data(first, false)
+        .map_err(|e| format!("first message: {e}"))?;
     let mut changes = WatchStream::from_changes(pushes);
     loop {
         tokio::select! {
             // Polling the connection moves its I/O; a second stream is not expected.
-            more = conn.accept() => if more.is_none() { return },
+            more = conn.accept() => match more {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("connection: {e}")),
+                Some(Ok(_)) => {}
+            },
             ack = acks.data() => match ack {
                 Some(Ok(data)) => {
                     let _ = acks.flow_control().release_capacity(data.len());
                 }
-                _ => return,
+                Some(Err(e)) => return Err(format!("request stream: {e}")),
+                None => return Ok(()),
             },
             next = changes.next() => {
-                let Some(msg) = next else { return };
-                if send.send_data(msg, false).is_err() {
-                    return;
-                }
+                let Some(msg) = next else { return Ok(()) };
+                send.send_data(msg, false).map_err(|e| format!("push: {e}"))?;
             }
         }
     }

@@ -43,11 +43,12 @@ pub struct LeanDelta {
 
 impl LeanDelta {
     /// Opens the stream as node `node_id`.
-    pub async fn connect(addr: SocketAddr, node_id: &str) -> Self {
+    pub async fn connect(addr: SocketAddr, node_id: &str) -> Result<Self, String> {
         let tcp = TcpStream::connect(addr)
             .await
-            .expect("connect to xDS server");
-        tcp.set_nodelay(true).expect("TCP_NODELAY");
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
         // Envoy's default HTTP/2 windows for its xDS cluster (256 MiB): large responses are never held up
         // waiting for a WINDOW_UPDATE.
         let (mut requests, conn) = h2::client::Builder::new()
@@ -55,7 +56,7 @@ impl LeanDelta {
             .initial_connection_window_size(WINDOW)
             .handshake(tcp)
             .await
-            .expect("HTTP/2 handshake");
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         let request = http::Request::post(format!("http://{addr}{PATH}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -63,8 +64,8 @@ impl LeanDelta {
             .expect("request head");
         let (response, send) = requests
             .send_request(request, false)
-            .expect("open the ADS stream");
-        LeanDelta {
+            .map_err(|e| format!("open the ADS stream: {e}"))?;
+        Ok(LeanDelta {
             conn: Box::pin(conn),
             send,
             inbound: Inbound::Headers(response),
@@ -74,10 +75,11 @@ impl LeanDelta {
                 cluster: "bench".to_owned(),
                 ..Default::default()
             }),
-        }
+        })
     }
 
-    /// Sends one request (the node goes with the first). It is written out while [`LeanDelta::recv`] waits.
+    /// Sends one request (the node goes with the first). It is written out while [`LeanDelta::recv`] waits; a
+    /// broken stream shows there.
     pub fn send(&mut self, mut req: DeltaDiscoveryRequest) {
         if let Some(node) = self.node.take() {
             req.node = Some(node);
@@ -87,9 +89,7 @@ impl LeanDelta {
         frame.put_u8(0);
         frame.put_u32(len as u32);
         req.encode(&mut frame).expect("sized buffer");
-        self.send
-            .send_data(frame.freeze(), false)
-            .expect("ADS stream open");
+        let _ = self.send.send_data(frame.freeze(), false);
     }
 
     /// Subscribes to `names` of `type_url` (none on a first CDS/LDS request: wildcard).
@@ -110,19 +110,19 @@ impl LeanDelta {
         });
     }
 
-    /// The next response. Panics if the stream or the connection ends.
-    pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
+    /// The next response, or why the stream or the connection ended.
+    pub async fn recv(&mut self) -> Result<DeltaDiscoveryResponse, String> {
         loop {
             if let Some(message) = self.decode() {
-                return message;
+                return Ok(message);
             }
-            let data = poll_fn(|cx| self.poll_data(cx)).await;
+            let data = poll_fn(|cx| self.poll_data(cx)).await?;
             let n = data.len();
             self.buf.extend_from_slice(&data);
             if let Inbound::Body(body) = &mut self.inbound {
                 body.flow_control()
                     .release_capacity(n)
-                    .expect("release window");
+                    .map_err(|e| format!("release window: {e}"))?;
             }
         }
     }
@@ -143,27 +143,30 @@ impl LeanDelta {
     }
 
     /// Drives the connection (writes what was sent, reads frames) until a DATA frame of the stream arrives.
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, String>> {
         if let Poll::Ready(result) = self.conn.as_mut().poll(cx) {
-            panic!("xDS connection ended: {result:?}");
+            return Poll::Ready(Err(format!("xDS connection ended: {result:?}")));
         }
         loop {
             match &mut self.inbound {
                 Inbound::Headers(response) => match Pin::new(response).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(head)) => {
-                        assert_eq!(head.status(), 200, "ADS stream refused");
+                    Poll::Ready(Ok(head)) if head.status() == 200 => {
                         self.inbound = Inbound::Body(head.into_body());
                     }
-                    Poll::Ready(Err(e)) => panic!("ADS stream refused: {e}"),
+                    Poll::Ready(Ok(head)) => {
+                        return Poll::Ready(Err(format!("ADS stream refused: {}", head.status())));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(format!("ADS stream refused: {e}")));
+                    }
                 },
                 Inbound::Body(body) => {
-                    return match body.poll_data(cx) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(Some(Ok(data))) => Poll::Ready(data),
-                        Poll::Ready(Some(Err(e))) => panic!("ADS stream failed: {e}"),
-                        Poll::Ready(None) => panic!("ADS stream ended"),
-                    };
+                    return body.poll_data(cx).map(|data| match data {
+                        Some(Ok(data)) => Ok(data),
+                        Some(Err(e)) => Err(format!("ADS stream failed: {e}")),
+                        None => Err("ADS stream ended".to_owned()),
+                    });
                 }
             }
         }
