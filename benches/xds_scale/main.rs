@@ -379,7 +379,7 @@ impl ServerProc {
     }
 
     /// Closing stdin ends the server (letting a wrapping profiler write its data); killed if it lingers.
-    /// Its clients' streams then break: the caller silences their panics first.
+    /// Its clients' streams then break, and those clients end.
     async fn stop(self) {
         let ServerProc {
             mut child, stdin, ..
