@@ -16,7 +16,7 @@ use rudder::security::testing::{TestIssuer, TokenSpec};
 use rudder::test_helpers::envoy::{
     ADMIN_TIMEOUT, AdsApi, Envoy, bootstrap, cert_serials, dump_entries, envoy_binary,
 };
-use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME};
+use rudder::test_helpers::identity::{IdentityMesh, SERVING_NAME, secret_names};
 use rudder::test_helpers::loopback::{http_client, until_ok};
 use rudder::test_helpers::mesh::free_port;
 use rudder::xds::type_url::SECRET;
@@ -131,18 +131,6 @@ async fn ask_secrets(ch: Channel, node: &str, token: Option<String>) -> Discover
     resp
 }
 
-fn names(resp: &DiscoveryResponse) -> Vec<String> {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-    use prost::Message;
-    let mut n: Vec<String> = resp
-        .resources
-        .iter()
-        .map(|a| Secret::decode(a.value.as_slice()).unwrap().name)
-        .collect();
-    n.sort();
-    n
-}
-
 #[tokio::test]
 async fn secrets_only_for_the_rightful_proxy_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +154,7 @@ async fn secrets_only_for_the_rightful_proxy_over_tls() {
         token(TokenSpec::new("default", "sleep")),
     )
     .await;
-    assert_eq!(names(&ok), ["ROOTCA", "default"]);
+    assert_eq!(secret_names(&ok), ["ROOTCA", "default"]);
 
     let forger = TestIssuer::new(&mesh.tokens.kid);
     let cases: Vec<(&str, String, Option<String>)> = vec![
@@ -205,7 +193,11 @@ async fn secrets_only_for_the_rightful_proxy_over_tls() {
     ];
     for (case, node, tok) in cases {
         let resp = ask_secrets(channel(tls, Some(&root)).await, &node, tok).await;
-        assert!(resp.resources.is_empty(), "{case}: got {:?}", names(&resp));
+        assert!(
+            resp.resources.is_empty(),
+            "{case}: got {:?}",
+            secret_names(&resp)
+        );
     }
 
     // The plaintext server never serves a secret, even with a valid token.
@@ -218,7 +210,7 @@ async fn secrets_only_for_the_rightful_proxy_over_tls() {
     assert!(
         plain.resources.is_empty(),
         "15010 served {:?}",
-        names(&plain)
+        secret_names(&plain)
     );
     mesh.bound.shutdown().await;
 }

@@ -16,6 +16,7 @@ use rudder::security::bootstrap::{tls_ads_grpc_service, use_tls_ads};
 use rudder::security::testing::{TestIssuer, TokenSpec};
 use rudder::security::{self, CaSource, kube_ca, kube_jwks, kube_trust};
 use rudder::test_helpers::envoy::{AdsApi, Envoy, bootstrap};
+use rudder::test_helpers::identity::{root_pem, secret_names};
 use rudder::test_helpers::kube::{Fake, admission, coll, core};
 use rudder::test_helpers::mesh::free_port;
 use serde_json::{Value, json};
@@ -188,13 +189,7 @@ async fn kube_mode_publishes_the_ca_and_serves_envoy_over_tls() {
     );
 
     // The self-signed root was created in istio-ca-secret and is the one in use.
-    let root = bound
-        .secret_issuer
-        .as_ref()
-        .unwrap()
-        .ca()
-        .root_pem()
-        .to_owned();
+    let root = root_pem(&bound);
     let secret = fake
         .get(&core("secrets"), "istio-system", kube_ca::CA_SECRET)
         .expect("istio-ca-secret created");
@@ -345,10 +340,8 @@ async fn an_unlistable_kind_delays_readiness_only_up_to_the_bound() {
 /// presenting `token` (none when the stream is not authenticated).
 async fn secrets(tls: std::net::SocketAddr, root: &str, node: &str, token: String) -> Vec<String> {
     use envoy_types::pb::envoy::config::core::v3::Node;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use prost::Message;
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
     let ch = Endpoint::from_shared(format!("https://{tls}"))
@@ -396,13 +389,7 @@ async fn secrets(tls: std::net::SocketAddr, root: &str, node: &str, token: Strin
         Err(status) if status.code() == tonic::Code::Unauthenticated => return Vec::new(),
         Err(status) => panic!("stream failed: {status}"),
     };
-    let mut names: Vec<String> = resp
-        .resources
-        .iter()
-        .map(|a| Secret::decode(a.value.as_slice()).unwrap().name)
-        .collect();
-    names.sort();
-    names
+    secret_names(&resp)
 }
 
 #[tokio::test]
@@ -432,13 +419,7 @@ async fn a_token_of_the_rotated_key_gets_secrets_once_the_keys_refresh() {
     })
     .await
     .unwrap();
-    let root = bound
-        .secret_issuer
-        .as_ref()
-        .unwrap()
-        .ca()
-        .root_pem()
-        .to_owned();
+    let root = root_pem(&bound);
     let tls = bound.xds_tls_addr.unwrap();
     let node = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
     let spec = TokenSpec::new("istio-system", GW_SA);

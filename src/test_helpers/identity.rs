@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use prost::Message;
 use serde_json::{Value, json};
 
 use crate::app::{self, Bound};
@@ -114,4 +117,26 @@ impl IdentityMesh {
             })
             .collect()
     }
+}
+
+/// The names of the SDS secrets in `resp`, sorted.
+pub fn secret_names(resp: &DiscoveryResponse) -> Vec<String> {
+    let mut names: Vec<String> = resp
+        .resources
+        .iter()
+        .map(|a| Secret::decode(a.value.as_slice()).expect("a Secret").name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The PEM of the root that `bound`'s CA signs with.
+pub fn root_pem(bound: &Bound) -> String {
+    bound
+        .secret_issuer
+        .as_ref()
+        .expect("identity is on")
+        .ca()
+        .root_pem()
+        .to_owned()
 }
