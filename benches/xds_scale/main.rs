@@ -204,9 +204,15 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn report(name: &str, rounds: &[Vec<Duration>]) {
+/// Every per-client latency of `rounds`, sorted.
+fn all_sorted(rounds: &[Vec<Duration>]) -> Vec<Duration> {
     let mut all: Vec<Duration> = rounds.iter().flatten().copied().collect();
     all.sort();
+    all
+}
+
+fn report(name: &str, rounds: &[Vec<Duration>]) {
+    let all = all_sorted(rounds);
     let max = rounds.iter().map(|r| *r.last().unwrap()).max().unwrap();
     println!(
         "{name:<28} p50 {:>9.2?}  p99 {:>9.2?}  all-clients(max) {:>9.2?}  ({} samples)",
@@ -436,12 +442,6 @@ impl EdsRounds {
         self.client_cpu += cpu_time(me) - cpu0.1;
     }
 
-    fn all(&self) -> Vec<Duration> {
-        let mut all: Vec<Duration> = self.rounds.iter().flatten().copied().collect();
-        all.sort();
-        all
-    }
-
     fn report(&self, name: &str, clients: usize) {
         report(name, &self.rounds);
         let n = self.rounds.len() as u32;
@@ -526,7 +526,7 @@ fn main() {
                 floor.round(&mut bare, &mut events, clients, r).await;
             }
             floor.report("floor: bare HTTP/2 push", clients);
-            let (ours, base) = (eds.all(), floor.all());
+            let (ours, base) = (all_sorted(&eds.rounds), all_sorted(&floor.rounds));
             println!(
                 "endpoint change / bare HTTP/2 floor: p50 {:.2}x, p99 {:.2}x, server CPU {:.2}x",
                 pct(&ours, 0.5).as_secs_f64() / pct(&base, 0.5).as_secs_f64(),
