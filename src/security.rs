@@ -104,7 +104,7 @@ pub struct Loaded {
     /// Verifies the proxies' service-account tokens.
     pub authenticator: Arc<JwtAuthenticator>,
     /// TLS settings of the xDS server, with a serving certificate from the CA.
-    pub tls: tonic::transport::ServerTlsConfig,
+    pub tls: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
 /// Loads (or creates) the CA and the JWKS file and issues the serving certificate.
@@ -130,8 +130,12 @@ pub fn load_with_ca(cfg: &Config, ca: Ca) -> Result<Loaded, Error> {
 /// [`load_with_ca`] with the token verifier built elsewhere (Kubernetes mode: [`kube_jwks::authenticator`]).
 pub fn load_with(cfg: &Config, ca: Ca, authenticator: JwtAuthenticator) -> Result<Loaded, Error> {
     let serving = ca.issue_serving(&cfg.serving_names())?;
-    let tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(&serving.chain_pem, &serving.key_pem),
+    let tls = Arc::new(
+        crate::inject::webhook::tls_config(
+            serving.chain_pem.as_bytes(),
+            serving.key_pem.as_bytes(),
+        )
+        .map_err(|e| Error::Serving(e.to_string()))?,
     );
     Ok(Loaded {
         issuer: Arc::new(SecretIssuer::new(
@@ -215,4 +219,7 @@ pub enum Error {
     /// The JWKS file cannot be used.
     #[error("JWKS {0}: {1}")]
     BadJwks(PathBuf, String),
+    /// The xDS server's TLS configuration cannot be built from its serving certificate.
+    #[error("xDS serving certificate: {0}")]
+    Serving(String),
 }

@@ -2,10 +2,11 @@
 //! pipeline. It sees only opaque, pre-encoded resources produced by generators.
 //!
 //! ```text
-//!  app (debounce) ──▶ watch<Option<Arc<PushContext>>> ──▶ one task per ADS stream ──▶ Envoy
-//!                                                         │  (waits for a push permit:
+//!  app (debounce) ──▶ watch<Option<Arc<PushContext>>> ──▶ one task per connection ──▶ Envoy
+//!                                                         │  (HTTP/2 and its ADS streams; a
+//!                                                         │   stream waits for a push permit:
 //!                                                         │   bounded concurrency, merged
-//!                                                         │   per connection by the watch)
+//!                                                         │   per stream by the watch)
 //!                                                         └─▶ Registry (read-only view for /debug)
 //! ```
 //!
@@ -17,6 +18,7 @@ mod connection;
 pub mod debounce;
 mod delta;
 mod grpc;
+mod http2;
 pub mod metrics;
 pub mod node;
 pub mod registry;
@@ -53,7 +55,4 @@ pub enum Error {
     /// Reading the bound address failed.
     #[error("xDS server cannot read its local address: {0}")]
     LocalAddr(#[source] std::io::Error),
-    /// The gRPC server stopped with an error.
-    #[error("xDS gRPC server failed: {0}")]
-    Serve(#[source] tonic::transport::Error),
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prost::Message;
-use rudder::test_helpers::ads::{DeltaClient, QUIET, SotwClient, TestServer, node_id};
+use rudder::test_helpers::ads::{DeltaClient, QUIET, SotwClient, TestServer, connection, node_id};
 use rudder::test_helpers::xds_fixtures::{
     Publisher, StaticGenerator, cluster, delta_names, endpoints, listener, route, sotw_names,
 };
@@ -437,6 +437,55 @@ async fn delta_explicit_and_wildcard_subscriptions() {
     g.set(cluster("z"));
     publisher.publish(g, false);
     c.expect_none(QUIET).await;
+}
+
+/// gRPC clients multiplex streams on one HTTP/2 connection: each stream there is served on its own, and
+/// one that ends leaves the others running.
+#[tokio::test]
+async fn streams_sharing_a_connection_are_served_independently() {
+    let (mut publisher, server) = serving_base().await;
+    let mut conn = connection(server.addr).await;
+    let mut a = SotwClient::on(&mut conn, &node_id("a", "ns")).await;
+    let mut b = SotwClient::on(&mut conn, &node_id("b", "ns")).await;
+    for c in [&mut a, &mut b] {
+        c.request(CLUSTER, &[], "", "").await;
+        let r = c.recv().await;
+        assert_eq!(sorted(sotw_names(&r)), ["a", "b"]);
+        c.ack(&r, &[]).await;
+    }
+    assert_eq!(server.registry.len(), 2);
+    drop(a);
+    server
+        .registry
+        .wait_for(WAIT, |c: &[ConnectionStatus]| c.len() == 1)
+        .await
+        .expect("the dropped stream leaves the registry");
+    let mut g = base();
+    g.set(cluster("c"));
+    publisher.publish(g, false);
+    let r = b.recv().await;
+    assert_eq!(sorted(sotw_names(&r)), ["a", "b", "c"]);
+}
+
+/// Anything but ADS gets gRPC's UNIMPLEMENTED, in a trailers-only response.
+#[tokio::test]
+async fn other_grpc_methods_are_unimplemented() {
+    use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+    let (_publisher, server) = serving_base().await;
+    let mut cds = ClusterDiscoveryServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let status = cds
+        .fetch_clusters(envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("ClusterDiscoveryService/FetchClusters"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test]

@@ -108,7 +108,11 @@ impl Drop for TestServer {
     }
 }
 
-async fn channel(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+/// An ADS client on one HTTP/2 connection.
+pub type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// A connection to the xDS server at `addr` (for [`SotwClient::on`]).
+pub async fn connection(addr: SocketAddr) -> AdsClient {
     AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect to xDS server")
@@ -147,9 +151,18 @@ impl SotwClient {
 
     /// Opens a stream whose first request carries `node` (`None` to test the missing-node error).
     pub async fn connect_with(addr: SocketAddr, node: Option<Node>) -> Self {
+        Self::open(&mut connection(addr).await, node).await
+    }
+
+    /// Opens a stream for `node_id` on `client`'s HTTP/2 connection (several streams can share one, as
+    /// gRPC clients do). [`connection`] makes one.
+    pub async fn on(client: &mut AdsClient, node_id: &str) -> Self {
+        Self::open(client, Some(node(node_id))).await
+    }
+
+    async fn open(client: &mut AdsClient, node: Option<Node>) -> Self {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let resp = channel(addr)
-            .await
+        let resp = client
             .stream_aggregated_resources(ReceiverStream::new(rx))
             .await;
         SotwClient {
@@ -250,7 +263,7 @@ impl DeltaClient {
     /// Opens a delta stream for `node_id`.
     pub async fn connect(addr: SocketAddr, node_id: &str) -> Self {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let resp = channel(addr)
+        let resp = connection(addr)
             .await
             .delta_aggregated_resources(ReceiverStream::new(rx))
             .await;

@@ -1,5 +1,6 @@
-//! One ADS stream: a task that owns the stream's per-type state (subscriptions, nonces, ACKs, NACKs, what was
-//! sent), answers requests, and applies new generations when the push gate lets it.
+//! One ADS stream: a future (run by its HTTP/2 connection's task, [`super::http2`]) that owns the stream's
+//! per-type state (subscriptions, nonces, ACKs, NACKs, what was sent), answers requests, and applies new
+//! generations when the push gate lets it.
 //!
 //! The loop `select!`s over, in priority order: drain, the next request, the end of the initial-sync hold, a
 //! granted push permit, and a new generation on the `watch` (which then asks for a permit). The watch keeps only
@@ -17,13 +18,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::grpc::RequestStream;
+use super::grpc::{RequestStream, ResponseSink};
 use super::registry::{Chosen, ConnectionStatus, Entry, Held, Protocol, Registry};
 use super::server::SYNC_HOLD;
 pub(crate) use super::type_state::{NonceCheck, TypeState, TypeStates};
@@ -159,7 +160,7 @@ impl Shared {
     }
 }
 
-/// The stream task's state.
+/// A stream's state.
 pub(crate) struct ConnState {
     pub proxy: Arc<Proxy>,
     /// This stream's entry in the registry.
@@ -228,10 +229,7 @@ pub(crate) trait Flavor: Send + 'static {
     ) -> Option<Self::Response>;
 }
 
-/// A stream's outgoing messages, boxed: a channel slot is then one pointer, not a response and a `Status`
-/// (tokio allocates a stream's slots in blocks of 32, a few KB per stream otherwise).
-pub(crate) type Outgoing<R> = Box<Result<R, Status>>;
-type Out<F> = mpsc::Sender<Outgoing<<F as Flavor>::Response>>;
+type Out<F> = ResponseSink<<F as Flavor>::Response>;
 type PermitFuture =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -253,7 +251,7 @@ pub(crate) async fn run<F: Flavor>(
     shared: Arc<Shared>,
     metadata: tonic::metadata::MetadataMap,
     mut inbound: RequestStream<F::Request>,
-    out: Out<F>,
+    mut out: Out<F>,
 ) {
     // Waiting for the first request also ends on drain, so a silent client cannot hold shutdown up.
     let mut drain = shared.drain.clone();
@@ -293,7 +291,7 @@ pub(crate) async fn run<F: Flavor>(
                         let status = Status::unauthenticated(format!(
                             "proxy authentication failed: {reason}"
                         ));
-                        let _ = out.send(Box::new(Err(status))).await;
+                        out.close(&status);
                         return;
                     }
                 }
@@ -302,7 +300,7 @@ pub(crate) async fn run<F: Flavor>(
         }
         Err(status) => {
             info!(%status, "rejecting ADS stream");
-            let _ = out.send(Box::new(Err(status))).await;
+            out.close(&status);
             return;
         }
     };
@@ -335,7 +333,7 @@ impl ConnState {
         mut self,
         first: F::Request,
         mut inbound: RequestStream<F::Request>,
-        out: Out<F>,
+        mut out: Out<F>,
     ) {
         info!("ADS stream connected");
         let mut ctx_rx = self.shared.ctx_rx.clone();
@@ -357,7 +355,7 @@ impl ConnState {
         };
         let sync_hold = tokio::time::sleep(SYNC_HOLD);
         tokio::pin!(sync_hold);
-        if !self.handle::<F>(first, &ctx_rx, &out).await {
+        if !self.handle::<F>(first, &ctx_rx, &mut out).await {
             return;
         }
         let mut permit: Option<PermitFuture> = None;
@@ -370,7 +368,7 @@ impl ConnState {
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
-                        if !self.handle::<F>(req, &ctx_rx, &out).await {
+                        if !self.handle::<F>(req, &ctx_rx, &mut out).await {
                             break;
                         }
                         if syncing.is_some() && self.synced() {
@@ -399,7 +397,7 @@ impl ConnState {
                 }, if permit.is_some() => {
                     permit = None;
                     let Ok(_permit) = granted else { break };
-                    if !self.push_latest::<F>(&mut ctx_rx, &out).await {
+                    if !self.push_latest::<F>(&mut ctx_rx, &mut out).await {
                         break;
                     }
                 }
@@ -411,7 +409,7 @@ impl ConnState {
                     // Pushes are short, so a permit is usually free: take it without queueing.
                     match self.shared.push_permits.clone().try_acquire_owned() {
                         Ok(_permit) => {
-                            if !self.push_latest::<F>(&mut ctx_rx, &out).await {
+                            if !self.push_latest::<F>(&mut ctx_rx, &mut out).await {
                                 break;
                             }
                         }
@@ -439,13 +437,13 @@ impl ConnState {
         &mut self,
         req: F::Request,
         ctx_rx: &watch::Receiver<Option<Arc<PushContext>>>,
-        out: &Out<F>,
+        out: &mut Out<F>,
     ) -> bool {
         let (type_url, due) = match F::apply(self, req) {
             Ok(applied) => applied,
             Err(status) => {
                 warn!(%status, "bad ADS request");
-                let _ = out.send(Box::new(Err(status))).await;
+                out.close(&status);
                 return false;
             }
         };
@@ -460,7 +458,7 @@ impl ConnState {
         let rewarmed = (type_url == type_url::CLUSTER).then_some(type_url::ENDPOINT);
         self.publish(std::iter::once(type_url.as_str()).chain(rewarmed));
         match resp {
-            Some(resp) => out.send(Box::new(Ok(resp))).await.is_ok(),
+            Some(resp) => out.send(&resp).await,
             None => true,
         }
     }
@@ -469,7 +467,7 @@ impl ConnState {
     async fn push_latest<F: Flavor>(
         &mut self,
         ctx_rx: &mut watch::Receiver<Option<Arc<PushContext>>>,
-        out: &Out<F>,
+        out: &mut Out<F>,
     ) -> bool {
         let ctx = ctx_rx.borrow_and_update().clone();
         match ctx {
@@ -479,7 +477,7 @@ impl ConnState {
     }
 
     /// Sends what generation `ctx` changes for this proxy, in push order. `false` ends the stream.
-    async fn push<F: Flavor>(&mut self, ctx: &PushContext, out: &Out<F>) -> bool {
+    async fn push<F: Flavor>(&mut self, ctx: &PushContext, out: &mut Out<F>) -> bool {
         let started = Instant::now();
         let eds_only = ctx.endpoints_only && self.generation.is_some_and(|g| g + 1 == ctx.version);
         self.generation = Some(ctx.version);
@@ -509,8 +507,8 @@ impl ConnState {
             "push"
         );
         self.publish(types.iter().map(|t| t.as_ref()));
-        for resp in responses {
-            if out.send(Box::new(Ok(resp))).await.is_err() {
+        for resp in &responses {
+            if !out.send(resp).await {
                 return false;
             }
         }

@@ -1,110 +1,31 @@
-//! The ADS gRPC service at the wire level (HTTP/2 + gRPC length-prefixed messages), in place of tonic's
-//! generated server; tonic still runs the HTTP/2 server, TLS and routing.
+//! gRPC at the wire level for ADS: length-prefixed messages read from and written to one HTTP/2 stream, in
+//! place of tonic's generated server and codec.
 //!
 //! Why: tonic's codec keeps one encode and one decode buffer per stream, each as large as the largest message
 //! the stream ever carried (a full CDS/EDS/RDS response is hundreds of KB). At thousands of proxies those idle
 //! buffers were most of the server's memory. Here every response is encoded into an exactly-sized buffer that
 //! is freed once HTTP/2 has written it, and request bytes are buffered only while a message is incomplete.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::poll_fn;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use http::{HeaderMap, HeaderValue};
-use http_body::Frame;
-use http_body_util::BodyExt;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len, string};
-use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::body::Body;
-use tonic::metadata::MetadataMap;
-use tracing::{Instrument, info_span, warn};
+use tracing::warn;
 
 use super::XdsResource;
-use super::connection::{self, Flavor, Outgoing, Shared};
-use super::delta::Delta;
-use super::sotw::Sotw;
-
-/// The gRPC service name of ADS.
-pub(crate) const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
 /// Length of the gRPC message prefix: compressed flag and big-endian length.
 const PREFIX: usize = 5;
 
-/// The ADS service: one task per stream ([`connection::run`]).
-#[derive(Clone)]
-pub(crate) struct AdsGrpc {
-    pub shared: Arc<Shared>,
-    /// Largest request message accepted.
-    pub max_message: usize,
-    /// Responses queued per stream before its task waits for the client to read.
-    pub queue: usize,
-}
-
-impl tonic::server::NamedService for AdsGrpc {
-    const NAME: &'static str = ADS_SERVICE;
-}
-
-impl tower_service::Service<http::Request<Body>> for AdsGrpc {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .strip_prefix("/")
-            .and_then(|p| p.strip_prefix(ADS_SERVICE))
-            .and_then(|p| p.strip_prefix("/"));
-        ready(Ok(match method {
-            Some("StreamAggregatedResources") => self.open::<Sotw>(req),
-            Some("DeltaAggregatedResources") => self.open::<Delta>(req),
-            _ => Status::unimplemented(format!("no method {}", req.uri().path())).into_http(),
-        }))
-    }
-}
-
-impl AdsGrpc {
-    /// Starts a stream's task and answers with its response body.
-    fn open<F: Flavor>(&self, req: http::Request<Body>) -> http::Response<Body>
-    where
-        F::Request: prost::Message + Default,
-    {
-        // New streams are refused once draining (or once the serving future is gone), so Envoy goes elsewhere.
-        let drain = &self.shared.drain;
-        if *drain.borrow() || drain.has_changed().is_err() {
-            return Status::unavailable("xDS server is draining").into_http();
-        }
-        let (parts, body) = req.into_parts();
-        let metadata = MetadataMap::from_headers(parts.headers);
-        let inbound = RequestStream::new(body, self.max_message);
-        let (tx, rx) = mpsc::channel(self.queue);
-        // The task ends with the stream (client gone, drain, or server dropped); the registry tracks it.
-        let task = connection::run::<F>(self.shared.clone(), metadata, inbound, tx);
-        tokio::spawn(task.instrument(info_span!("ads_stream")));
-        let mut resp =
-            http::Response::new(Body::new(ResponseBody::<F::Response> { rx, done: false }));
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        resp
-    }
-}
-
 /// A message as it goes on the wire.
-pub(crate) trait Wire: Send + 'static {
+pub(crate) trait Wire: Send + Sync + 'static {
     /// Encoded length, without the gRPC prefix.
     fn wire_len(&self) -> usize;
     /// Appends the encoding (without the gRPC prefix).
@@ -194,12 +115,38 @@ impl Wire for WireResponse<DeltaDiscoveryResponse> {
     }
 }
 
+/// Where a request stream's bytes come from: an HTTP/2 stream's DATA frames (tests: a list of chunks).
+pub(crate) trait Chunks: Send {
+    /// The next chunk of the body; `None` once the client half-closed the stream.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>>;
+}
+
+impl Chunks for h2::RecvStream {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
+        self.poll_data(cx).map(|chunk| {
+            chunk.map(|data| {
+                let data = data.map_err(|e| Status::unavailable(format!("HTTP/2: {e}")))?;
+                // The bytes are ours now: let the client send as much again.
+                let _ = self.flow_control().release_capacity(data.len());
+                Ok(data)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+impl Chunks for std::collections::VecDeque<Bytes> {
+    fn poll_chunk(&mut self, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
+        Poll::Ready(self.pop_front().map(Ok))
+    }
+}
+
 /// The requests of one stream, decoded one message at a time.
 ///
 /// A request usually arrives whole in one HTTP/2 frame (an ACK is ~100 bytes) and is decoded straight from
 /// that frame; only a message split across frames is gathered into a buffer, which is let go afterwards.
-pub(crate) struct RequestStream<M> {
-    body: Body,
+pub(crate) struct RequestStream<M, C = h2::RecvStream> {
+    body: C,
     /// The unread rest of the last frame, while `partial` is empty.
     frame: Bytes,
     /// A message split across frames, gathered.
@@ -209,8 +156,8 @@ pub(crate) struct RequestStream<M> {
     _message: PhantomData<fn() -> M>,
 }
 
-impl<M: prost::Message + Default> RequestStream<M> {
-    pub fn new(body: Body, max_message: usize) -> Self {
+impl<M: prost::Message + Default, C: Chunks> RequestStream<M, C> {
+    pub fn new(body: C, max_message: usize) -> Self {
         RequestStream {
             body,
             frame: Bytes::new(),
@@ -235,15 +182,12 @@ impl<M: prost::Message + Default> RequestStream<M> {
                     )),
                 };
             }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    // Trailers carry nothing for a request stream.
-                    if let Ok(data) = frame.into_data() {
-                        if self.partial.is_empty() {
-                            self.frame = data;
-                        } else {
-                            self.partial.extend_from_slice(&data);
-                        }
+            match poll_fn(|cx| self.body.poll_chunk(cx)).await {
+                Some(Ok(data)) => {
+                    if self.partial.is_empty() {
+                        self.frame = data;
+                    } else {
+                        self.partial.extend_from_slice(&data);
                     }
                 }
                 Some(Err(status)) => return Err(status),
@@ -313,39 +257,53 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
     M::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))
 }
 
-/// A stream's responses as HTTP/2 frames: one data frame per message, then the gRPC status trailers.
-struct ResponseBody<M> {
-    rx: mpsc::Receiver<Outgoing<M>>,
+/// A stream's responses: one HTTP/2 DATA frame per message, then the gRPC status trailers (`OK` when dropped
+/// without [`ResponseSink::close`]).
+pub(crate) struct ResponseSink<M> {
+    send: h2::SendStream<Bytes>,
     done: bool,
+    _message: PhantomData<fn(M)>,
 }
 
-impl<M: Wire> http_body::Body for ResponseBody<M> {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx).map(|m| m.map(|m| *m)) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(msg))) => Poll::Ready(Some(Ok(Frame::data(encode(&msg))))),
-            Poll::Ready(Some(Err(status))) => {
-                self.done = true;
-                Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(Some(Ok(Frame::trailers(trailers(&Status::ok(""))))))
-            }
+impl<M: Wire> ResponseSink<M> {
+    pub fn new(send: h2::SendStream<Bytes>) -> Self {
+        ResponseSink {
+            send,
+            done: false,
+            _message: PhantomData,
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.done
+    /// Sends `msg` once HTTP/2 takes more of this stream's data: at most ~one send buffer is queued per
+    /// stream, so a client that stops reading holds up only its own stream. `false` if the stream is gone.
+    pub async fn send(&mut self, msg: &M) -> bool {
+        if self.send.capacity() == 0 {
+            self.send.reserve_capacity(1);
+            loop {
+                match poll_fn(|cx| self.send.poll_capacity(cx)).await {
+                    Some(Ok(0)) => continue,
+                    Some(Ok(_)) => break,
+                    Some(Err(_)) | None => return false,
+                }
+            }
+        }
+        self.send.send_data(encode(msg), false).is_ok()
+    }
+
+    /// Ends the stream with `status`.
+    pub fn close(&mut self, status: &Status) {
+        if !std::mem::replace(&mut self.done, true) {
+            // A stream the client already reset cannot take trailers; nothing is left to tell it.
+            let _ = self.send.send_trailers(trailers(status));
+        }
+    }
+}
+
+impl<M> Drop for ResponseSink<M> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.send.send_trailers(trailers(&Status::ok("")));
+        }
     }
 }
 
@@ -361,7 +319,7 @@ fn encode<M: Wire>(msg: &M) -> Bytes {
 }
 
 /// `grpc-status` (and `grpc-message`) trailers for `status`.
-fn trailers(status: &Status) -> HeaderMap {
+pub(crate) fn trailers(status: &Status) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Err(e) = status.add_header(&mut headers) {
         warn!(error = %e, "cannot encode a gRPC status; sending INTERNAL");
@@ -455,13 +413,8 @@ mod tests {
         );
     }
 
-    fn body_of(chunks: Vec<Vec<u8>>) -> Body {
-        let frames = chunks
-            .into_iter()
-            .map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c))));
-        Body::new(http_body_util::StreamBody::new(futures::stream::iter(
-            frames,
-        )))
+    fn body_of(chunks: Vec<Vec<u8>>) -> std::collections::VecDeque<Bytes> {
+        chunks.into_iter().map(Bytes::from).collect()
     }
 
     fn req(type_url: &str) -> DiscoveryRequest {
@@ -482,7 +435,7 @@ mod tests {
             wire[3..4000].to_vec(),
             wire[4000..].to_vec(),
         ];
-        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(chunks), 1 << 20);
+        let mut s = RequestStream::<DiscoveryRequest, _>::new(body_of(chunks), 1 << 20);
         assert_eq!(s.message().await.unwrap().unwrap(), req("one"));
         assert_eq!(s.message().await.unwrap().unwrap(), req("two"));
         assert_eq!(s.message().await.unwrap(), None);
@@ -493,7 +446,7 @@ mod tests {
     async fn whole_requests_decode_from_their_frame_without_gathering() {
         let mut wire = encode(&req("one")).to_vec();
         wire.extend_from_slice(&encode(&req("two")));
-        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![wire]), 1 << 20);
+        let mut s = RequestStream::<DiscoveryRequest, _>::new(body_of(vec![wire]), 1 << 20);
         assert_eq!(s.message().await.unwrap().unwrap(), req("one"));
         assert_eq!(s.partial.capacity(), 0);
         assert_eq!(s.message().await.unwrap().unwrap(), req("two"));
@@ -504,17 +457,17 @@ mod tests {
     #[tokio::test]
     async fn oversized_truncated_and_compressed_requests_are_errors() {
         let wire = encode(&req("one")).to_vec();
-        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![wire.clone()]), 100);
+        let mut s = RequestStream::<DiscoveryRequest, _>::new(body_of(vec![wire.clone()]), 100);
         assert_eq!(
             s.message().await.unwrap_err().code(),
             tonic::Code::ResourceExhausted
         );
         let cut = wire[..wire.len() - 1].to_vec();
-        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![cut]), 1 << 20);
+        let mut s = RequestStream::<DiscoveryRequest, _>::new(body_of(vec![cut]), 1 << 20);
         assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
         let mut zipped = wire;
         zipped[0] = 1;
-        let mut s = RequestStream::<DiscoveryRequest>::new(body_of(vec![zipped]), 1 << 20);
+        let mut s = RequestStream::<DiscoveryRequest, _>::new(body_of(vec![zipped]), 1 << 20);
         assert_eq!(
             s.message().await.unwrap_err().code(),
             tonic::Code::Unimplemented

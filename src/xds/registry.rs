@@ -279,7 +279,7 @@ pub struct ConnectionStatus {
     pub types: BTreeMap<String, TypeStatus>,
 }
 
-/// One connection's published state, written by its stream task only.
+/// One connection's published state, written by its stream only.
 pub(crate) type Entry = Arc<Mutex<ConnectionStatus>>;
 
 /// All live connections, keyed by stream id.
@@ -355,7 +355,7 @@ impl Registry {
         }
     }
 
-    /// Adds a connection; its stream task then updates the returned entry and calls [`Registry::changed`].
+    /// Adds a connection; its stream then updates the returned entry and calls [`Registry::changed`].
     pub(crate) fn insert(&self, status: ConnectionStatus) -> Entry {
         let entry = Arc::new(Mutex::new(status));
         self.conns

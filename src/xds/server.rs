@@ -1,5 +1,5 @@
-//! The ADS server's lifecycle: bind, serve (tonic's HTTP/2 server with the wire-level service of
-//! [`super::grpc`]), drain.
+//! The ADS server's lifecycle: bind, accept (TLS when configured), one task per connection
+//! ([`super::http2`]), drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,21 +7,28 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::connection::Shared;
-use super::grpc::AdsGrpc;
+use super::http2::{self, Ads};
 use super::{Authenticate, Error, Metrics, PushContext, Registry};
-
-/// Responses queued per stream before the stream task waits for Envoy to read: one per type in a push
-/// (five) plus a request-triggered one, with slack; a slow Envoy then slows only its own task.
-const RESPONSE_QUEUE: usize = 8;
 
 /// Envoy messages can be large (a gateway's route table); tonic's 4 MiB default rejects them.
 const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalive on accepted connections: the kernel finds a proxy that vanished (node gone, no FIN or RST)
+/// within about a minute and a half, and its stream is freed, at no cost to live connections.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
 
 /// The longest a stream keeps its initial-sync permit: a client that never ACKs does not hold up the others.
 pub(crate) const SYNC_HOLD: Duration = Duration::from_secs(5);
@@ -40,8 +47,9 @@ pub struct Config {
     /// ACKed, or 5 s). A fleet reconnecting at once (after a restart) otherwise has every full
     /// response encoded and in flight together: memory grows with the herd, not with the mesh.
     pub sync_concurrency: usize,
-    /// Serve over TLS with this serving certificate (istiod's 15012); `None` is plaintext (15010).
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Serve over TLS with this configuration (istiod's 15012); `None` is plaintext (15010). ALPN is set to
+    /// `h2` by the server.
+    pub tls: Option<Arc<ServerConfig>>,
     /// Authenticates each stream ([`Proxy::identity`](super::Proxy::identity)). Only honoured with `tls`:
     /// credentials on a plaintext connection prove nothing, so a plaintext server never authenticates (and
     /// so never serves secrets).
@@ -140,45 +148,85 @@ impl Server {
             ids: AtomicU64::new(0),
             name_sets: Default::default(),
         });
-        let svc = AdsGrpc {
+        let ads = Arc::new(Ads {
             shared,
             max_message: MAX_MESSAGE_SIZE,
-            queue: RESPONSE_QUEUE,
-        };
-        info!(%addr, tls = self.cfg.tls.is_some(), "xDS server listening");
-        let registry = self.registry;
-        let signal = async move {
-            shutdown.await;
-            info!(streams = registry.len(), "xDS server draining");
-            // Streams end first, so tonic's graceful shutdown has no open stream to wait for.
-            let _ = drain_tx.send(true);
-            if registry
-                .wait_for(DRAIN_GRACE, |c| c.is_empty())
-                .await
-                .is_err()
-            {
-                warn!(
-                    streams = registry.len(),
-                    "xDS streams still open after the drain grace period"
-                );
+        });
+        let tls = self.cfg.tls.map(|tls| {
+            let mut tls = (*tls).clone();
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            TlsAcceptor::from(Arc::new(tls))
+        });
+        info!(%addr, tls = tls.is_some(), "xDS server listening");
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let serving = connection(tcp, tls.clone(), ads.clone());
+                        connections.spawn(serving.instrument(info_span!("xds_conn", %peer)));
+                    }
+                    // A connection reset before it was accepted, or out of descriptors for a moment.
+                    Err(e) => {
+                        warn!(error = %e, "xDS server: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        warn!(error = %e, "xDS connection task panicked");
+                    }
+                }
             }
-        };
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.cfg.tls {
-            builder = builder.tls_config(tls).map_err(Error::Serve)?;
         }
-        builder
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), signal)
-            .await
-            .map_err(Error::Serve)
+        drop(listener);
+        info!(streams = self.registry.len(), "xDS server draining");
+        // Streams end and connections send GOAWAY: Envoy reconnects, to another replica if there is one.
+        let _ = drain_tx.send(true);
+        let drained = tokio::time::timeout(DRAIN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                streams = self.registry.len(),
+                connections = connections.len(),
+                "xDS connections still open after the drain grace period: closing them"
+            );
+        }
+        // Dropping the set aborts what is left.
+        Ok(())
     }
 }
 
-/// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself). Without it,
-/// Nagle's algorithm holds back a small response written while an earlier one is unacknowledged (CDS then
-/// EDS then RDS in one push) until the client's delayed ACK: tens of milliseconds per push.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Serves one accepted connection: socket options, the TLS handshake if configured, then HTTP/2.
+async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, ads: Arc<Ads>) {
+    // Without TCP_NODELAY, Nagle's algorithm holds back a small response written while an earlier one is
+    // unacknowledged (CDS then EDS then RDS in one push) until the client's delayed ACK: tens of
+    // milliseconds per push.
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+        debug!(error = %e, "cannot set TCP keepalive");
+    }
+    match tls {
+        None => http2::serve(tcp, ads).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => http2::serve(stream, ads).await,
+                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                Err(_) => debug!("TLS handshake timed out"),
+            }
+        }
+    }
 }

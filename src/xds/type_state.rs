@@ -24,7 +24,7 @@ pub(crate) enum NonceCheck {
     Nack,
 }
 
-/// Per type URL state owned by the stream task.
+/// Per type URL state owned by the stream.
 #[derive(Debug, Default)]
 pub(crate) struct TypeState {
     /// The part published to the registry.

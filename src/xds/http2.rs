@@ -1,0 +1,168 @@
+//! One client connection: its HTTP/2 session and the ADS streams on it, all driven by the connection's own
+//! task.
+//!
+//! Why not tonic's server: hyper runs each stream in a task of its own and pipes a boxed body between that
+//! task and the connection's, so every push and every ACK crossed two or three tasks and several body layers
+//! on its way between the socket and the stream's state machine. Here a push is built, framed and written in
+//! one poll of one task, as in the bare HTTP/2 floor the scale bench measures against. ADS is the only
+//! service on rudder's xDS ports, so routing is a match on the path.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderValue, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+use tracing::{Instrument, debug, info_span};
+
+use super::connection::{self, Flavor, Shared};
+use super::delta::Delta;
+use super::grpc::{RequestStream, ResponseSink, trailers};
+use super::sotw::Sotw;
+
+/// The gRPC service name of ADS.
+pub(crate) const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// HTTP/2 receive windows (stream and connection): hyper's defaults, which tonic served with. Requests are
+/// small; a window only has to hold a burst of them.
+const WINDOW: u32 = 1 << 20;
+
+/// Response bytes HTTP/2 may hold for a stream before [`ResponseSink::send`] waits (hyper's default).
+const MAX_SEND_BUFFER: usize = 400 << 10;
+
+/// Largest request header block accepted (hyper's default).
+const MAX_HEADER_LIST: u32 = 16 << 10;
+
+/// Streams a client may open on one connection: Envoy opens one ADS stream; a few more cost nothing.
+const MAX_STREAMS: u32 = 100;
+
+/// A running ADS stream.
+type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What every connection of a server shares.
+pub(crate) struct Ads {
+    pub shared: Arc<Shared>,
+    /// Largest request message accepted.
+    pub max_message: usize,
+}
+
+/// Serves one connection until the client closes it, it fails, or the server drains (then a GOAWAY lets
+/// the open streams finish and sends Envoy to reconnect, to another replica if there is one).
+pub(crate) async fn serve<IO>(io: IO, ads: Arc<Ads>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_streams(MAX_STREAMS)
+        .handshake::<_, Bytes>(io)
+        .await;
+    let mut conn = match handshake {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let mut streams: FuturesUnordered<StreamTask> = FuturesUnordered::new();
+    let mut drain = ads.shared.drain.clone();
+    let draining = async move {
+        let _ = drain.wait_for(|d| *d).await;
+    };
+    tokio::pin!(draining);
+    let mut closing = false;
+    let ended = poll_fn(|cx| {
+        loop {
+            if !closing && draining.as_mut().poll(cx).is_ready() {
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            // Streams first: what they send is then written by `poll_accept` in this same poll.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    if let Some(stream) = ads.open(req, respond) {
+                        streams.push(stream);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    if let Err(e) = ended {
+        debug!(error = %e, "HTTP/2 connection ended");
+    }
+}
+
+impl Ads {
+    /// Starts the stream `req` asks for, or answers it at once with the gRPC status that refuses it.
+    fn open(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) -> Option<StreamTask> {
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix("/")
+            .and_then(|p| p.strip_prefix(ADS_SERVICE))
+            .and_then(|p| p.strip_prefix("/"));
+        // New streams are refused once draining (or once the serving future is gone), so Envoy goes elsewhere.
+        let drain = &self.shared.drain;
+        let refused = if *drain.borrow() || drain.has_changed().is_err() {
+            Status::unavailable("xDS server is draining")
+        } else {
+            match method {
+                Some("StreamAggregatedResources") => return self.run::<Sotw>(req, respond),
+                Some("DeltaAggregatedResources") => return self.run::<Delta>(req, respond),
+                _ => Status::unimplemented(format!("no method {}", req.uri().path())),
+            }
+        };
+        // A trailers-only response: the status goes in the headers, which end the stream.
+        let mut head = grpc_head();
+        head.headers_mut().extend(trailers(&refused));
+        let _ = respond.send_response(head, true);
+        None
+    }
+
+    fn run<F: Flavor>(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) -> Option<StreamTask> {
+        let (parts, body) = req.into_parts();
+        // The client may have reset the stream already: then there is nothing to run.
+        let send = respond.send_response(grpc_head(), false).ok()?;
+        let task = connection::run::<F>(
+            self.shared.clone(),
+            MetadataMap::from_headers(parts.headers),
+            RequestStream::new(body, self.max_message),
+            ResponseSink::new(send),
+        );
+        Some(Box::pin(task.instrument(info_span!("ads_stream"))))
+    }
+}
+
+/// The response head of a gRPC stream.
+fn grpc_head() -> Response<()> {
+    let mut head = Response::new(());
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    head
+}
