@@ -21,7 +21,7 @@ use http::{HeaderValue, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 
 use super::connection::{self, Flavor, Shared};
 use super::delta::Delta;
@@ -153,7 +153,8 @@ impl Ads {
             RequestStream::new(body, self.max_message),
             ResponseSink::new(send),
         );
-        Some(Box::pin(task.instrument(info_span!("ads_stream"))))
+        // Logged within the connection's span (its peer); the stream adds its own once the proxy is known.
+        Some(Box::pin(task))
     }
 }
 
