@@ -10,11 +10,14 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::task::{ArcWake, AtomicWaker};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderValue, Request, Response};
@@ -43,6 +46,42 @@ const MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// Streams a client may open on one connection: Envoy opens one ADS stream; a few more cost nothing.
 const MAX_STREAMS: u32 = 100;
+
+/// Turns of a connection's poll loop before it yields to other tasks.
+const MAX_TURNS: usize = 4;
+
+/// The waker of a connection's streams and HTTP/2 session. A wake that comes while the connection is being
+/// polled (a stream's data handed to HTTP/2, a request handed to its stream) only sets a flag, and the poll
+/// goes round again; otherwise every push and every ACK would have the task scheduled and polled twice.
+#[derive(Default)]
+struct InPoll {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl InPoll {
+    fn start(&self) {
+        self.woken.store(false, SeqCst);
+        self.polling.store(true, SeqCst);
+    }
+
+    /// Ends a turn; `true` if something was woken during it.
+    fn stop(&self) -> bool {
+        // SeqCst on both sides: a wake either sees `polling` cleared and wakes the task, or is seen here.
+        self.polling.store(false, SeqCst);
+        self.woken.swap(false, SeqCst)
+    }
+}
+
+impl ArcWake for InPoll {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.woken.store(true, SeqCst);
+        if !arc_self.polling.load(SeqCst) {
+            arc_self.task.wake();
+        }
+    }
+}
 
 /// A running ADS stream.
 type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -82,25 +121,38 @@ where
     };
     tokio::pin!(draining);
     let mut closing = false;
+    let wake = Arc::new(InPoll::default());
+    let waker = futures::task::waker(wake.clone());
     let ended = poll_fn(|cx| {
-        loop {
-            if !closing && draining.as_mut().poll(cx).is_ready() {
+        wake.task.register(cx.waker());
+        let mut inner = Context::from_waker(&waker);
+        for _ in 0..MAX_TURNS {
+            wake.start();
+            if !closing && draining.as_mut().poll(&mut inner).is_ready() {
                 closing = true;
                 conn.graceful_shutdown();
             }
-            // Streams first: what they send is then written by `poll_accept` in this same poll.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            match conn.poll_accept(cx) {
+            // Streams first: what they send is then written by `poll_accept` in this same turn.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut inner) {}
+            match conn.poll_accept(&mut inner) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     if let Some(stream) = ads.open(req, respond) {
                         streams.push(stream);
                     }
+                    wake.stop();
+                    continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {}
+            }
+            if !wake.stop() {
+                return Poll::Pending;
             }
         }
+        // Still woken after a few turns: yield to the other connections and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await;
     if let Err(e) = ended {
@@ -166,4 +218,42 @@ fn grpc_head() -> Response<()> {
         HeaderValue::from_static("application/grpc"),
     );
     head
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl ArcWake for Count {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn wakes_during_a_turn_mean_another_turn_and_later_ones_wake_the_task() {
+        let task = Arc::new(Count::default());
+        let wake = Arc::new(InPoll::default());
+        let waker = futures::task::waker(wake.clone());
+        wake.task.register(&futures::task::waker(task.clone()));
+
+        wake.start();
+        waker.wake_by_ref();
+        assert!(wake.stop(), "woken during the turn");
+        assert_eq!(task.0.load(SeqCst), 0, "the task is not scheduled for it");
+
+        wake.start();
+        assert!(!wake.stop(), "a quiet turn ends the poll");
+        waker.wake_by_ref();
+        assert_eq!(
+            task.0.load(SeqCst),
+            1,
+            "a wake between polls wakes the task"
+        );
+    }
 }
