@@ -214,11 +214,15 @@ fn all_sorted(rounds: &[Vec<Duration>]) -> Vec<Duration> {
 fn report(name: &str, rounds: &[Vec<Duration>]) {
     let all = all_sorted(rounds);
     let max = rounds.iter().map(|r| *r.last().unwrap()).max().unwrap();
+    // The first client of a round: the fixed cost of a change (the command, the publication) before any push.
+    let mut first: Vec<Duration> = rounds.iter().map(|r| r[0]).collect();
+    first.sort();
     println!(
-        "{name:<28} p50 {:>9.2?}  p99 {:>9.2?}  all-clients(max) {:>9.2?}  ({} samples)",
+        "{name:<28} p50 {:>9.2?}  p99 {:>9.2?}  all-clients(max) {:>9.2?}  first client (median) {:.2?}  ({} samples)",
         pct(&all, 0.5),
         pct(&all, 0.99),
         max,
+        pct(&first, 0.5),
         all.len()
     );
 }
