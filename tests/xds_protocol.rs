@@ -723,3 +723,62 @@ async fn initial_syncs_beyond_the_limit_wait_for_an_ack() {
     let got = second.recv().await;
     assert_eq!(sorted(delta_names(&got)), ["a", "b"]);
 }
+
+/// A client that stops reading fills its HTTP/2 window and its stream waits for flow control. It must not
+/// hold up anyone else's pushes, not even with a single push permit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_up_only_its_own_stream() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    let cfg = rudder::xds::Config {
+        addr: ep(0),
+        push_concurrency: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(cfg, rx).await;
+
+    // The stalled client: HTTP/2's default 64 KiB window, one CDS subscription, and it never reads.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut requests, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let head = http::Request::post(format!(
+        "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .body(())
+    .unwrap();
+    let (_response, mut send) = requests.send_request(head, false).unwrap();
+    let req = DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: node_id("stalled", "ns"),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.to_owned(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(req.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&req);
+    send.send_data(frame.into(), false).unwrap();
+
+    let mut live = DeltaClient::connect(server.addr, &node_id("live", "ns")).await;
+    live.subscribe(CLUSTER, &[]).await;
+    let r = live.recv().await;
+    live.ack(&r).await;
+    wait_type(&server, CLUSTER, |t| t.responses > 0 && !t.is_acked()).await;
+
+    // Each generation adds a cluster larger than the stalled client's whole window.
+    let mut g = base();
+    for i in 0..4 {
+        g.set(cluster(&format!("{i}{}", "x".repeat(70_000))));
+        publisher.publish(g.clone(), false);
+        let r = live.recv().await;
+        assert_eq!(r.resources.len(), 1, "generation {i}: the new cluster");
+        live.ack(&r).await;
+    }
+}

@@ -396,8 +396,8 @@ impl ConnState {
                     }
                 }, if permit.is_some() => {
                     permit = None;
-                    let Ok(_permit) = granted else { break };
-                    if !self.push_latest::<F>(&mut ctx_rx, &mut out).await {
+                    let Ok(permit) = granted else { break };
+                    if !self.push_latest::<F>(&mut ctx_rx, &mut out, permit).await {
                         break;
                     }
                 }
@@ -408,8 +408,8 @@ impl ConnState {
                     }
                     // Pushes are short, so a permit is usually free: take it without queueing.
                     match self.shared.push_permits.clone().try_acquire_owned() {
-                        Ok(_permit) => {
-                            if !self.push_latest::<F>(&mut ctx_rx, &mut out).await {
+                        Ok(permit) => {
+                            if !self.push_latest::<F>(&mut ctx_rx, &mut out, permit).await {
                                 break;
                             }
                         }
@@ -463,21 +463,30 @@ impl ConnState {
         }
     }
 
-    /// Pushes the latest generation, if there is one. `false` ends the stream.
+    /// Pushes the latest generation, if there is one, under `permit`. `false` ends the stream.
     async fn push_latest<F: Flavor>(
         &mut self,
         ctx_rx: &mut watch::Receiver<Option<Arc<PushContext>>>,
         out: &mut Out<F>,
+        permit: OwnedSemaphorePermit,
     ) -> bool {
         let ctx = ctx_rx.borrow_and_update().clone();
         match ctx {
-            Some(ctx) => self.push::<F>(&ctx, out).await,
+            Some(ctx) => self.push::<F>(&ctx, out, permit).await,
             None => true,
         }
     }
 
     /// Sends what generation `ctx` changes for this proxy, in push order. `false` ends the stream.
-    async fn push<F: Flavor>(&mut self, ctx: &PushContext, out: &mut Out<F>) -> bool {
+    ///
+    /// The push permit bounds computing, not sending: it is let go once the responses are built, so a client
+    /// that stops reading (its stream waits for HTTP/2 flow control) does not hold one up for the others.
+    async fn push<F: Flavor>(
+        &mut self,
+        ctx: &PushContext,
+        out: &mut Out<F>,
+        permit: OwnedSemaphorePermit,
+    ) -> bool {
         let started = Instant::now();
         let eds_only = ctx.endpoints_only && self.generation.is_some_and(|g| g + 1 == ctx.version);
         self.generation = Some(ctx.version);
@@ -507,6 +516,7 @@ impl ConnState {
             "push"
         );
         self.publish(types.iter().map(|t| t.as_ref()));
+        drop(permit);
         for resp in &responses {
             if !out.send(resp).await {
                 return false;
