@@ -1,7 +1,8 @@
 //! The transport floor: a bare HTTP/2 server (the `h2` crate, one task per connection, no xDS logic) that
-//! pushes one endpoint message to every stream and reads the ACKs. The bench drives the same clients against
-//! it, so rudder's endpoint push can be reported as a ratio to what HTTP/2 alone costs on this machine in the
-//! same run: on a shared 2-core VM the absolute numbers move by tens of percent from one minute to the next.
+//! pushes one endpoint message to every stream and reads the ACKs. The bench drives as many of the same clients
+//! against it, its rounds alternating with rudder's, so rudder's endpoint push can be reported as a ratio to
+//! what HTTP/2 alone costs on this machine at the same moments: on a shared 2-core VM the absolute numbers move
+//! by tens of percent from one minute to the next.
 
 use std::sync::Arc;
 

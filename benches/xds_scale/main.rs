@@ -36,6 +36,10 @@ use tokio::sync::mpsc;
 
 const SERVICES: usize = 1_000;
 
+/// The pause before an endpoint round: clients have received the last change, but their ACKs may still be
+/// on their way and being processed.
+const SETTLE: Duration = Duration::from_millis(50);
+
 fn svc(i: usize) -> String {
     format!("outbound|80||svc-{i}.ns-{}.svc.cluster.local", i % 20)
 }
@@ -425,7 +429,8 @@ struct EdsRounds {
 }
 
 impl EdsRounds {
-    /// Runs one round: an endpoint change, until every client received it.
+    /// Runs one round: an endpoint change, until every client received it. It starts once the last round's
+    /// ACKs (this server's or the other's) are through, so a change meets an idle machine.
     async fn round(
         &mut self,
         server: &mut ServerProc,
@@ -433,6 +438,7 @@ impl EdsRounds {
         clients: usize,
         r: usize,
     ) {
+        tokio::time::sleep(SETTLE).await;
         let me = std::process::id();
         let cpu0 = (cpu_time(server.pid), cpu_time(me));
         let t0 = Instant::now();
@@ -492,6 +498,18 @@ fn main() {
         report("initial sync (connect→all)", &[initial]);
         let rss_initial = peak_rss_mib(pid);
 
+        // The floor: as many clients against a bare HTTP/2 server, whose endpoint rounds alternate with
+        // rudder's, so both see the machine as it is at that moment (a shared VM's speed drifts by tens of
+        // percent within a minute, so a floor measured after rudder's rounds made a noisy ratio).
+        let mut floor = match eds_rounds_n > 0 && arg("--floor", 1) == 1 {
+            true => {
+                let (bare, addr, v, _) = ServerProc::spawn("--serve-bare", None).await;
+                let mut events = connect_clients(addr, clients);
+                collect(&mut events, clients, &[ENDPOINT], v, Instant::now()).await;
+                Some((bare, events, EdsRounds::default()))
+            }
+            false => None,
+        };
         let mut config_rounds = Vec::new();
         let mut eds = EdsRounds::default();
         for r in 0..config_rounds_n.max(eds_rounds_n) {
@@ -502,6 +520,9 @@ fn main() {
             }
             if r < eds_rounds_n {
                 eds.round(&mut server, &mut events, clients, r).await;
+                if let Some((bare, events, rounds)) = floor.as_mut() {
+                    rounds.round(bare, events, clients, r).await;
+                }
             }
         }
         if !config_rounds.is_empty() {
@@ -512,7 +533,7 @@ fn main() {
         }
         println!("server {}", server.send("stats").await.trim_start_matches("stats "));
         println!(
-            "server peak RSS (VmHWM): {:.1} MiB after initial sync, {:.1} MiB at the end (VmRSS now {:.1} MiB); bench client process {:.1} MiB",
+            "server peak RSS (VmHWM): {:.1} MiB after initial sync, {:.1} MiB at the end (VmRSS now {:.1} MiB); bench client process (both sets of clients) {:.1} MiB",
             rss_initial,
             peak_rss_mib(pid),
             status_mib(pid, "VmRSS:"),
@@ -520,15 +541,7 @@ fn main() {
         );
         server.stop().await;
 
-        if !eds.rounds.is_empty() && arg("--floor", 1) == 1 {
-            // The same clients and rounds against a bare HTTP/2 server: what the transport alone costs.
-            let (mut bare, addr, v, _) = ServerProc::spawn("--serve-bare", None).await;
-            let mut events = connect_clients(addr, clients);
-            collect(&mut events, clients, &[ENDPOINT], v, Instant::now()).await;
-            let mut floor = EdsRounds::default();
-            for r in 0..eds.rounds.len() {
-                floor.round(&mut bare, &mut events, clients, r).await;
-            }
+        if let Some((bare, _events, floor)) = floor {
             floor.report("floor: bare HTTP/2 push", clients);
             let (ours, base) = (all_sorted(&eds.rounds), all_sorted(&floor.rounds));
             println!(
