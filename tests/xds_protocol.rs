@@ -36,6 +36,14 @@ async fn serving_base() -> (Publisher, TestServer) {
     (publisher, TestServer::start(rx).await)
 }
 
+/// [`serving_base`] on a server with settings `cfg` (on 127.0.0.1, any port).
+async fn serving_base_with(cfg: rudder::xds::Config) -> (Publisher, TestServer) {
+    let (mut publisher, rx) = Publisher::new();
+    publisher.publish(base(), false);
+    let cfg = rudder::xds::Config { addr: ep(0), ..cfg };
+    (publisher, TestServer::start_with(cfg, rx).await)
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -703,14 +711,11 @@ async fn delta_changed_cluster_gets_its_endpoints_again() {
 
 #[tokio::test]
 async fn initial_syncs_beyond_the_limit_wait_for_an_ack() {
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let cfg = rudder::xds::Config {
-        addr: ep(0),
+    let (_publisher, server) = serving_base_with(rudder::xds::Config {
         sync_concurrency: 1,
         ..Default::default()
-    };
-    let server = TestServer::start_with(cfg, rx).await;
+    })
+    .await;
     let mut first = DeltaClient::connect(server.addr, &node_id("first", "ns")).await;
     first.subscribe(CLUSTER, &[]).await;
     let resp = first.recv().await;
@@ -731,14 +736,11 @@ async fn a_client_that_stops_reading_holds_up_only_its_own_stream() {
     use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-    let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
-    let cfg = rudder::xds::Config {
-        addr: ep(0),
+    let (mut publisher, server) = serving_base_with(rudder::xds::Config {
         push_concurrency: 1,
         ..Default::default()
-    };
-    let server = TestServer::start_with(cfg, rx).await;
+    })
+    .await;
 
     // The stalled client: HTTP/2's default 64 KiB window, one CDS subscription, and it never reads.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
