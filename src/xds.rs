@@ -6,7 +6,8 @@
 //!                                                         │  (HTTP/2 and its ADS streams; a
 //!                                                         │   stream waits for a push permit:
 //!                                                         │   bounded concurrency, merged
-//!                                                         │   per stream by the watch)
+//!                                                         │   per stream by the watch; ACKs
+//!                                                         │   read once the fan-out is out)
 //!                                                         └─▶ Registry (read-only view for /debug)
 //! ```
 //!
@@ -17,6 +18,7 @@
 mod connection;
 pub mod debounce;
 mod delta;
+pub(crate) mod fanout;
 mod grpc;
 mod http2;
 pub mod metrics;

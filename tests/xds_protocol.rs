@@ -784,3 +784,59 @@ async fn a_client_that_stops_reading_holds_up_only_its_own_stream() {
         live.ack(&r).await;
     }
 }
+
+/// Connections whose streams have had a generation's push leave their ACKs unread until every stream has
+/// had it (or the fan-out's deadline): the pushes go out first.
+#[tokio::test]
+async fn acks_are_read_once_the_fan_out_ends() {
+    let (mut publisher, server) = serving_base().await;
+    let mut c = DeltaClient::connect(server.addr, &node_id("p1", "ns")).await;
+    c.subscribe(CLUSTER, &[]).await;
+    let r = c.recv().await;
+    c.ack(&r).await;
+    c.subscribe(ENDPOINT, &["a"]).await;
+    let r = c.recv().await;
+    c.ack(&r).await;
+    wait_type(&server, ENDPOINT, |t| t.is_acked()).await;
+    let acked = |nonce: String| move |t: &TypeStatus| t.acked_nonce.as_deref() == Some(&nonce);
+
+    // A stream that never takes generation 2 holds the fan-out on: the client's ACK waits unread.
+    let stalled = server.stall_fanouts();
+    let mut g = base();
+    g.set(endpoints("a", &[ep(1003)]));
+    publisher.publish(g.clone(), true);
+    let r = c.recv().await;
+    assert_eq!(delta_names(&r), ["a"]);
+    c.ack(&r).await;
+    let pushed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let st = server.registry.connections()[0].types[ENDPOINT].clone();
+    assert_eq!(st.nonce_sent.as_deref(), Some(r.nonce.as_str()));
+    assert_ne!(
+        st.acked_nonce.as_deref(),
+        Some(r.nonce.as_str()),
+        "the ACK is read before the fan-out ends"
+    );
+    // Once it is gone, the fan-out ends and the ACK is read (well before the deadline).
+    drop(stalled);
+    wait_type(&server, ENDPOINT, acked(r.nonce.clone())).await;
+    assert!(
+        pushed.elapsed() < Duration::from_millis(450),
+        "{:?}",
+        pushed.elapsed()
+    );
+
+    // A fan-out that never completes ends at its deadline.
+    let _stalled = server.stall_fanouts();
+    g.set(endpoints("a", &[ep(1004)]));
+    publisher.publish(g, true);
+    let r = c.recv().await;
+    c.ack(&r).await;
+    let pushed = std::time::Instant::now();
+    wait_type(&server, ENDPOINT, acked(r.nonce.clone())).await;
+    assert!(
+        pushed.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        pushed.elapsed()
+    );
+}

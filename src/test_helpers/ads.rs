@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use crate::xds::fanout::{Fanout, Mark};
 use crate::xds::{Config, Metrics, PushContext, Registry, Server};
 
 /// How long a receive waits before the test fails.
@@ -45,6 +46,21 @@ pub struct TestServer {
     pub metrics: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    fanout: Arc<Fanout>,
+}
+
+/// A member of a server's fan-outs that never takes a generation: while it lives, a fan-out that starts goes
+/// on until its deadline, and connections whose streams have had their push leave their ACKs unread.
+#[derive(Debug)]
+pub struct StalledStream {
+    fanout: Arc<Fanout>,
+    mark: Mark,
+}
+
+impl Drop for StalledStream {
+    fn drop(&mut self) {
+        self.fanout.leave(&self.mark);
+    }
 }
 
 impl TestServer {
@@ -66,7 +82,7 @@ impl TestServer {
     pub async fn start_with(cfg: Config, rx: watch::Receiver<Option<Arc<PushContext>>>) -> Self {
         let server = Server::new(cfg, rx);
         let (listener, addr) = server.bind().await.expect("bind xDS server");
-        let (registry, metrics) = (server.registry(), server.metrics());
+        let (registry, metrics, fanout) = (server.registry(), server.metrics(), server.fanout());
         let (tx, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -82,6 +98,17 @@ impl TestServer {
             metrics,
             shutdown: Some(tx),
             task,
+            fanout,
+        }
+    }
+
+    /// Joins the server's fan-outs with a stream that never takes a generation (see [`StalledStream`]).
+    pub fn stall_fanouts(&self) -> StalledStream {
+        let mark = Mark::default();
+        self.fanout.join(&mark);
+        StalledStream {
+            fanout: self.fanout.clone(),
+            mark,
         }
     }
 

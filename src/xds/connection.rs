@@ -6,6 +6,8 @@
 //! granted push permit, and a new generation on the `watch` (which then asks for a permit). The watch keeps only
 //! the latest generation, so pushes pending for one connection merge; one semaphore bounds how many connections
 //! compute a push at once, another how many new streams are in their initial sync.
+//! A stream is a member of the server's fan-outs ([`super::fanout`]) from its steady loop on: it marks each
+//! generation it takes, which its connection reads to know when to hold off reading.
 //! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
 //! The per type URL state lives in [`super::type_state`].
 
@@ -24,7 +26,8 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::grpc::{RequestStream, ResponseSink};
+use super::fanout::{Fanout, Mark};
+use super::grpc::{RequestStream, ResponseSink, Wire};
 use super::registry::{Chosen, ConnectionStatus, Entry, Held, Protocol, Registry};
 use super::server::SYNC_HOLD;
 pub(crate) use super::type_state::{NonceCheck, TypeState, TypeStates};
@@ -42,6 +45,8 @@ pub(crate) struct Shared {
     pub sync_permits: Arc<Semaphore>,
     /// Becomes `true` (or closes) when the server drains: streams end so Envoy reconnects elsewhere.
     pub drain: watch::Receiver<bool>,
+    /// The fan-out of the latest generation: connections hold off reading until every stream has had it.
+    pub fanout: Arc<Fanout>,
     /// Source of stream ids and nonces.
     pub ids: AtomicU64,
     /// Authenticates streams (TLS server only).
@@ -169,6 +174,8 @@ pub(crate) struct ConnState {
     pub generation: Option<u64>,
     pub types: TypeStates,
     pub shared: Arc<Shared>,
+    /// This stream's part in fan-outs, read by its connection.
+    pub mark: Arc<Mark>,
 }
 
 impl ConnState {
@@ -246,12 +253,35 @@ impl Drop for Registered {
     }
 }
 
+/// A stream's membership of the server's fan-outs, from its steady loop on; it leaves however the stream ends.
+struct Member {
+    shared: Arc<Shared>,
+    mark: Arc<Mark>,
+}
+
+impl Member {
+    fn join(shared: &Arc<Shared>, mark: &Arc<Mark>) -> Self {
+        shared.fanout.join(mark);
+        Member {
+            shared: shared.clone(),
+            mark: mark.clone(),
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.shared.fanout.leave(&self.mark);
+    }
+}
+
 /// Runs one ADS stream to its end.
 pub(crate) async fn run<F: Flavor>(
     shared: Arc<Shared>,
     metadata: tonic::metadata::MetadataMap,
     mut inbound: RequestStream<F::Request>,
     mut out: Out<F>,
+    mark: Arc<Mark>,
 ) {
     // Waiting for the first request also ends on drain, so a silent client cannot hold shutdown up.
     let mut drain = shared.drain.clone();
@@ -324,6 +354,7 @@ pub(crate) async fn run<F: Flavor>(
         generation: None,
         types: TypeStates::default(),
         shared,
+        mark,
     };
     conn.serve::<F>(first, inbound, out).instrument(span).await;
 }
@@ -359,6 +390,7 @@ impl ConnState {
             return;
         }
         let mut permit: Option<PermitFuture> = None;
+        let _member = Member::join(&self.shared, &self.mark);
         loop {
             tokio::select! {
                 biased;
@@ -458,9 +490,24 @@ impl ConnState {
         let rewarmed = (type_url == type_url::CLUSTER).then_some(type_url::ENDPOINT);
         self.publish(std::iter::once(type_url.as_str()).chain(rewarmed));
         match resp {
-            Some(resp) => out.send(&resp).await,
+            Some(resp) => self.send(out, &resp).await,
             None => true,
         }
+    }
+
+    /// Sends `resp`. A stream that has to wait for its client's flow control first is not a member of
+    /// fan-outs meanwhile: a client that stops reading must not hold up the others' reads.
+    async fn send<M: Wire>(&self, out: &mut ResponseSink<M>, resp: &M) -> bool {
+        if !out.must_wait() {
+            return out.send(resp).await;
+        }
+        let fanout = &self.shared.fanout;
+        let member = fanout.leave(&self.mark);
+        let sent = out.send(resp).await;
+        if member {
+            fanout.join(&self.mark);
+        }
+        sent
     }
 
     /// Pushes the latest generation, if there is one, under `permit`. `false` ends the stream.
@@ -517,8 +564,9 @@ impl ConnState {
         );
         self.publish(types.iter().map(|t| t.as_ref()));
         drop(permit);
+        self.shared.fanout.took(&self.mark, ctx.version);
         for resp in &responses {
-            if !out.send(resp).await {
+            if !self.send(out, resp).await {
                 return false;
             }
         }

@@ -9,6 +9,8 @@
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -262,16 +264,25 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
 pub(crate) struct ResponseSink<M> {
     send: h2::SendStream<Bytes>,
     done: bool,
+    /// Set whenever this sink hands HTTP/2 something to write: the connection then writes it even while it
+    /// holds off reading ([`super::fanout`]).
+    wrote: Arc<AtomicBool>,
     _message: PhantomData<fn(M)>,
 }
 
 impl<M: Wire> ResponseSink<M> {
-    pub fn new(send: h2::SendStream<Bytes>) -> Self {
+    pub fn new(send: h2::SendStream<Bytes>, wrote: Arc<AtomicBool>) -> Self {
         ResponseSink {
             send,
             done: false,
+            wrote,
             _message: PhantomData,
         }
+    }
+
+    /// Whether [`ResponseSink::send`] will wait for the client's flow control before it sends.
+    pub fn must_wait(&self) -> bool {
+        self.send.capacity() == 0
     }
 
     /// Sends `msg` once HTTP/2 takes more of this stream's data: at most ~one send buffer is queued per
@@ -287,6 +298,7 @@ impl<M: Wire> ResponseSink<M> {
                 }
             }
         }
+        self.wrote.store(true, Relaxed);
         self.send.send_data(encode(msg), false).is_ok()
     }
 
@@ -294,6 +306,7 @@ impl<M: Wire> ResponseSink<M> {
     pub fn close(&mut self, status: &Status) {
         if !std::mem::replace(&mut self.done, true) {
             // A stream the client already reset cannot take trailers; nothing is left to tell it.
+            self.wrote.store(true, Relaxed);
             let _ = self.send.send_trailers(trailers(status));
         }
     }
@@ -302,6 +315,7 @@ impl<M: Wire> ResponseSink<M> {
 impl<M> Drop for ResponseSink<M> {
     fn drop(&mut self) {
         if !self.done {
+            self.wrote.store(true, Relaxed);
             let _ = self.send.send_trailers(trailers(&Status::ok("")));
         }
     }

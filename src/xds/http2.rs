@@ -11,7 +11,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use tracing::debug;
 
 use super::connection::{self, Flavor, Shared};
 use super::delta::Delta;
+use super::fanout::Mark;
 use super::grpc::{RequestStream, ResponseSink, trailers};
 use super::sotw::Sotw;
 
@@ -121,6 +122,11 @@ where
     };
     tokio::pin!(draining);
     let mut closing = false;
+    // The fan-out marks of this connection's streams, and whether a stream wrote since the socket was last
+    // written: see `super::fanout`.
+    let mut marks: Vec<Arc<Mark>> = Vec::new();
+    let wrote = Arc::new(AtomicBool::new(false));
+    let fanout = &ads.shared.fanout;
     let wake = Arc::new(InPoll::default());
     let waker = futures::task::waker(wake.clone());
     let ended = poll_fn(|cx| {
@@ -133,11 +139,26 @@ where
                 conn.graceful_shutdown();
             }
             // Streams first: what they send is then written by `poll_accept` in this same turn.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut inner) {}
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut inner) {
+                marks.retain(|m| Arc::strong_count(m) > 1);
+            }
+            // While a fan-out is on, a connection whose streams have had their push and have nothing to
+            // write leaves its socket unread (`poll_accept` reads before it writes) until the fan-out ends.
+            if !closing
+                && !wrote.swap(false, Relaxed)
+                && fanout.holds(marks.iter().map(|m| &**m))
+                && fanout.hold(cx.waker())
+            {
+                if !wake.stop() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
             match conn.poll_accept(&mut inner) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    if let Some(stream) = ads.open(req, respond) {
+                    if let Some((stream, mark)) = ads.open(req, respond, &wrote) {
                         streams.push(stream);
+                        marks.push(mark);
                     }
                     wake.stop();
                     continue;
@@ -166,7 +187,8 @@ impl Ads {
         &self,
         req: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
-    ) -> Option<StreamTask> {
+        wrote: &Arc<AtomicBool>,
+    ) -> Option<(StreamTask, Arc<Mark>)> {
         let method = req
             .uri()
             .path()
@@ -179,8 +201,8 @@ impl Ads {
             Status::unavailable("xDS server is draining")
         } else {
             match method {
-                Some("StreamAggregatedResources") => return self.run::<Sotw>(req, respond),
-                Some("DeltaAggregatedResources") => return self.run::<Delta>(req, respond),
+                Some("StreamAggregatedResources") => return self.run::<Sotw>(req, respond, wrote),
+                Some("DeltaAggregatedResources") => return self.run::<Delta>(req, respond, wrote),
                 _ => Status::unimplemented(format!("no method {}", req.uri().path())),
             }
         };
@@ -195,18 +217,21 @@ impl Ads {
         &self,
         req: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
-    ) -> Option<StreamTask> {
+        wrote: &Arc<AtomicBool>,
+    ) -> Option<(StreamTask, Arc<Mark>)> {
         let (parts, body) = req.into_parts();
         // The client may have reset the stream already: then there is nothing to run.
         let send = respond.send_response(grpc_head(), false).ok()?;
+        let mark = Arc::new(Mark::default());
         let task = connection::run::<F>(
             self.shared.clone(),
             MetadataMap::from_headers(parts.headers),
             RequestStream::new(body, self.max_message),
-            ResponseSink::new(send),
+            ResponseSink::new(send, wrote.clone()),
+            mark.clone(),
         );
         // Logged within the connection's span (its peer); the stream adds its own once the proxy is known.
-        Some(Box::pin(task))
+        Some((Box::pin(task), mark))
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::connection::Shared;
+use super::fanout::Fanout;
 use super::http2::{self, Ads};
 use super::{Authenticate, Error, Metrics, PushContext, Registry};
 
@@ -87,6 +88,7 @@ pub struct Server {
     ctx_rx: watch::Receiver<Option<Arc<PushContext>>>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    fanout: Arc<Fanout>,
 }
 
 impl Server {
@@ -97,6 +99,7 @@ impl Server {
             ctx_rx,
             registry: Arc::default(),
             metrics: Arc::default(),
+            fanout: Arc::default(),
         }
     }
 
@@ -108,6 +111,11 @@ impl Server {
     /// The server's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The server's fan-outs (tests hold one on with a member that never takes a generation).
+    pub(crate) fn fanout(&self) -> Arc<Fanout> {
+        self.fanout.clone()
     }
 
     /// Binds the configured address.
@@ -147,6 +155,7 @@ impl Server {
             drain: drain_rx,
             ids: AtomicU64::new(0),
             name_sets: Default::default(),
+            fanout: self.fanout.clone(),
         });
         let ads = Arc::new(Ads {
             shared,
@@ -160,10 +169,13 @@ impl Server {
         info!(%addr, tls = tls.is_some(), "xDS server listening");
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
+        let deadlines = self.fanout.clone().enforce_deadline();
+        tokio::pin!(deadlines);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                () = &mut deadlines => {}
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let serving = connection(tcp, tls.clone(), ads.clone());
