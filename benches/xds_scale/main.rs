@@ -424,13 +424,16 @@ fn connect_clients(addr: SocketAddr, clients: usize) -> mpsc::Receiver<Event> {
 struct EdsRounds {
     rounds: Vec<Vec<Duration>>,
     wall: Duration,
+    /// The server's CPU from each change to a settle after its last client had it, so work the server does
+    /// after that (its ACKs) is counted too.
     server_cpu: Duration,
     client_cpu: Duration,
 }
 
 impl EdsRounds {
     /// Runs one round: an endpoint change, until every client received it. It starts once the last round's
-    /// ACKs (this server's or the other's) are through, so a change meets an idle machine.
+    /// ACKs (this server's or the other's) are through, so a change meets an idle machine, and its server
+    /// CPU counts until its own ACKs are through.
     async fn round(
         &mut self,
         server: &mut ServerProc,
@@ -448,8 +451,9 @@ impl EdsRounds {
         self.rounds
             .push(collect(events, clients, &[ENDPOINT], v, t0).await);
         self.wall += t0.elapsed();
-        self.server_cpu += cpu_time(server.pid) - cpu0.0;
         self.client_cpu += cpu_time(me) - cpu0.1;
+        tokio::time::sleep(SETTLE).await;
+        self.server_cpu += cpu_time(server.pid) - cpu0.0;
     }
 
     fn report(&self, name: &str, clients: usize) {
