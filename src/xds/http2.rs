@@ -84,6 +84,22 @@ impl ArcWake for InPoll {
     }
 }
 
+/// The waker HTTP/2 gets for the socket: an [`InPoll`] wake, except while the connection holds off reading
+/// for a fan-out. A client's ACK arriving then would only have the task polled to hold again; the data waits
+/// in the socket, and the fan-out's end wakes the task.
+struct SocketWake {
+    wake: Arc<InPoll>,
+    muted: AtomicBool,
+}
+
+impl ArcWake for SocketWake {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        if !arc_self.muted.load(SeqCst) {
+            ArcWake::wake_by_ref(&arc_self.wake);
+        }
+    }
+}
+
 /// A running ADS stream.
 type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -129,9 +145,16 @@ where
     let fanout = &ads.shared.fanout;
     let wake = Arc::new(InPoll::default());
     let waker = futures::task::waker(wake.clone());
+    let socket_wake = Arc::new(SocketWake {
+        wake: wake.clone(),
+        muted: AtomicBool::new(false),
+    });
+    let socket_waker = futures::task::waker(socket_wake.clone());
     let ended = poll_fn(|cx| {
         wake.task.register(cx.waker());
+        socket_wake.muted.store(false, SeqCst);
         let mut inner = Context::from_waker(&waker);
+        let mut socket = Context::from_waker(&socket_waker);
         for _ in 0..MAX_TURNS {
             wake.start();
             if !closing && draining.as_mut().poll(&mut inner).is_ready() {
@@ -149,12 +172,13 @@ where
                 && fanout.holds(marks.iter().map(|m| &**m))
                 && fanout.hold(cx.waker())
             {
+                socket_wake.muted.store(true, SeqCst);
                 if !wake.stop() {
                     return Poll::Pending;
                 }
                 continue;
             }
-            match conn.poll_accept(&mut inner) {
+            match conn.poll_accept(&mut socket) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     if let Some((stream, mark)) = ads.open(req, respond, &wrote) {
                         streams.push(stream);
