@@ -47,8 +47,6 @@ pub(crate) struct Shared {
     pub drain: watch::Receiver<bool>,
     /// The fan-out of the latest generation: connections hold off reading until every stream has had it.
     pub fanout: Arc<Fanout>,
-    /// Source of stream ids and nonces.
-    pub ids: AtomicU64,
     /// Authenticates streams (TLS server only).
     pub authenticator: Option<Arc<dyn Authenticate>>,
     /// Subscribed-name sets by content hash, so streams subscribed to the same names share one set.
@@ -157,7 +155,10 @@ impl Shared {
     }
 
     fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Relaxed) + 1
+        // One sequence for the whole process: a stream id names one proxy to a generator shared by every
+        // server (plaintext and TLS), which may remember per-stream facts by it.
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        IDS.fetch_add(1, Relaxed) + 1
     }
 
     pub(crate) fn next_nonce(&self) -> String {

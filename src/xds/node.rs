@@ -110,7 +110,7 @@ pub struct Proxy {
     pub cluster: String,
     /// `node.metadata`, untouched.
     pub metadata: Option<Struct>,
-    /// Unique id of the ADS stream this proxy is connected on.
+    /// Unique id (in this process) of the ADS stream this proxy is connected on.
     pub conn_id: u64,
     /// Who the proxy proved to be with its stream credentials; only a server with an [`Authenticate`]
     /// hook (the TLS server) ever sets it, and secrets are only generated for proxies that have it.

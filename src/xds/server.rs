@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -153,7 +152,6 @@ impl Server {
             push_permits: Arc::new(Semaphore::new(self.cfg.push_concurrency.max(1))),
             sync_permits: Arc::new(Semaphore::new(self.cfg.sync_concurrency.max(1))),
             drain: drain_rx,
-            ids: AtomicU64::new(0),
             name_sets: Default::default(),
             fanout: self.fanout.clone(),
         });
