@@ -13,7 +13,8 @@ use crate::model::proxy::{ProxyKind, ProxyMeta, ProxyScope};
 use crate::xds::{Generate, Proxy, ProxyType, ResourceSet, XdsResource, type_url};
 
 /// What a proxy's clusters, endpoints and routes depend on besides the snapshot: proxies that agree on it share
-/// one encoded set. Listeners also depend on the workload's own ports and address, so they key on the pod.
+/// one encoded set. A sidecar's inbound listener (and a gateway's listeners) also depend on the pod itself, so
+/// they key on the pod; its outbound listeners are shared by the view.
 /// Whether the proxy can do mTLS (has an identity, so gets SDS secrets) changes listeners and clusters alike.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ViewKey {
@@ -42,8 +43,29 @@ pub trait SecretSource: Send + Sync {
 /// The `Generate` implementation for one snapshot.
 pub struct Generator {
     snapshot: Arc<Snapshot>,
-    cache: Mutex<HashMap<(&'static str, ViewKey), ResourceSet>>,
+    cache: Mutex<Cache>,
     secrets: Option<Arc<dyn SecretSource>>,
+}
+
+/// Number of a [`ViewKey`] within one generator.
+type ViewId = u32;
+
+/// What one generator has worked out: each view's resources, and each stream's views. Every push asks the
+/// generator for every stream, so a stream's views are worked out once per snapshot (its Pod's labels, the
+/// key) and afterwards found by stream id.
+#[derive(Default)]
+struct Cache {
+    ids: HashMap<ViewKey, ViewId>,
+    /// Per stream ([`Proxy::conn_id`]): its shared view and its own (listeners).
+    streams: HashMap<u64, [ViewId; 2]>,
+    sets: HashMap<(&'static str, ViewId), ResourceSet>,
+}
+
+impl Cache {
+    fn id(&mut self, key: ViewKey) -> ViewId {
+        let next = self.ids.len() as ViewId;
+        *self.ids.entry(key).or_insert(next)
+    }
 }
 
 impl Generator {
@@ -51,7 +73,7 @@ impl Generator {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
         Generator {
             snapshot,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::default(),
             secrets: None,
         }
     }
@@ -132,13 +154,59 @@ fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
     }
 }
 
+/// Encodes each message of `items`, named by `name`.
+fn encoded<M: prost::Message + prost::Name>(
+    items: Vec<M>,
+    name: impl Fn(&M) -> &String,
+) -> Vec<Arc<XdsResource>> {
+    items
+        .iter()
+        .map(|m| Arc::new(XdsResource::encode(name(m).clone(), m)))
+        .collect()
+}
+
+/// Cache slot of the listeners a shared view's pods have in common.
+const SHARED_LISTENERS: &str = "shared-listeners";
+
+impl Generator {
+    /// The listeners of shared view `view`, generated for its first pod.
+    fn shared_listeners(&self, scope: &ProxyScope<'_>, view: ViewId) -> Vec<Arc<XdsResource>> {
+        if let Some(hit) = self.cache.lock().sets.get(&(SHARED_LISTENERS, view)) {
+            return hit.items().to_vec();
+        }
+        let set = ResourceSet::new(encoded(listener::shared_listeners(scope), |l| &l.name));
+        let out = set.items().to_vec();
+        self.cache.lock().sets.insert((SHARED_LISTENERS, view), set);
+        out
+    }
+}
+
+/// The views of a proxy: the one it shares with proxies of the same kind, namespace, labels and mTLS, and its
+/// own (listeners, which also depend on the pod's ports and address).
+fn view_keys(snapshot: &Snapshot, meta: &ProxyMeta) -> (ViewKey, ViewKey) {
+    let workload = ProxyScope::workload_of(snapshot, meta);
+    let shared = ViewKey::Shared {
+        kind: meta.kind,
+        namespace: meta.namespace.clone(),
+        labels: ProxyScope::labels_of(workload.as_deref(), meta).clone(),
+        mtls: meta.mtls,
+    };
+    let own = ViewKey::Pod {
+        kind: meta.kind,
+        namespace: meta.namespace.clone(),
+        pod: meta.pod.clone(),
+        ip: meta.ip.clone(),
+        mtls: meta.mtls,
+    };
+    (shared, own)
+}
+
 impl Generate for Generator {
     fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet {
-        let meta = proxy_meta(proxy);
         if type_url == type_url::SECRET {
             return match (&self.secrets, &proxy.identity) {
                 (Some(source), Some(_)) => {
-                    let scope = ProxyScope::new(&self.snapshot, meta);
+                    let scope = ProxyScope::new(&self.snapshot, proxy_meta(proxy));
                     ResourceSet::new(source.secrets(proxy, &scope))
                 }
                 _ => ResourceSet::default(),
@@ -151,32 +219,145 @@ impl Generate for Generator {
         let Some(static_type) = static_type else {
             return ResourceSet::default();
         };
-        // The scope resolves the pod's labels from the snapshot; compute it once and derive the key from it.
-        let scope = ProxyScope::new(&self.snapshot, meta);
-        let key = if static_type == type_url::LISTENER {
-            ViewKey::Pod {
-                kind: scope.meta.kind,
-                namespace: scope.meta.namespace.clone(),
-                pod: scope.meta.pod.clone(),
-                ip: scope.meta.ip.clone(),
-                mtls: scope.meta.mtls,
-            }
-        } else {
-            ViewKey::Shared {
-                kind: scope.meta.kind,
-                namespace: scope.meta.namespace.clone(),
-                labels: scope.labels.clone(),
-                mtls: scope.meta.mtls,
+        let view = usize::from(static_type == type_url::LISTENER);
+        let known = {
+            let cache = self.cache.lock();
+            let ids = cache.streams.get(&proxy.conn_id).copied();
+            match ids.and_then(|ids| cache.sets.get(&(static_type, ids[view]))) {
+                Some(hit) => return hit.clone(),
+                None => ids,
             }
         };
-        if let Some(hit) = self.cache.lock().get(&(static_type, key.clone())) {
-            return hit.clone();
-        }
-        // Generate outside the lock: two proxies racing on the same key do the work twice, which is harmless.
-        let resources = ResourceSet::new(encode_all(&scope, type_url));
+        let meta = proxy_meta(proxy);
+        let ids = match known {
+            Some(ids) => ids,
+            None => {
+                let (shared, own) = view_keys(&self.snapshot, &meta);
+                let mut cache = self.cache.lock();
+                let ids = [cache.id(shared), cache.id(own)];
+                cache.streams.insert(proxy.conn_id, ids);
+                if let Some(hit) = cache.sets.get(&(static_type, ids[view])) {
+                    return hit.clone();
+                }
+                ids
+            }
+        };
+        // Generate outside the lock: two proxies racing on the same view do the work twice, which is harmless.
+        let scope = ProxyScope::new(&self.snapshot, meta);
+        let resources = match static_type == type_url::LISTENER {
+            // A pod's listeners: its own, plus the outbound ones its view shares with other pods.
+            true => {
+                let mut all = self.shared_listeners(&scope, ids[0]);
+                all.extend(encoded(listener::own_listeners(&scope), |l| &l.name));
+                ResourceSet::new(all)
+            }
+            false => ResourceSet::new(encode_all(&scope, type_url)),
+        };
         self.cache
             .lock()
-            .insert((static_type, key), resources.clone());
+            .sets
+            .insert((static_type, ids[view]), resources.clone());
         resources
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+
+    use super::*;
+    use crate::test_helpers::mesh::snapshot_from_yaml;
+
+    /// Two pods of one deployment (same labels) and a third with other labels, all in `shop`.
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: app-1, namespace: shop, labels: {app: app}}
+spec: {containers: [{name: app, ports: [{containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app-2, namespace: shop, labels: {app: app}}
+spec: {containers: [{name: app, ports: [{containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.0.6}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: shop, labels: {app: db}}
+spec: {containers: [{name: db, ports: [{containerPort: 5432}]}]}
+status: {phase: Running, podIP: 10.0.0.7}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: shop}
+spec:
+  clusterIP: 10.96.0.5
+  selector: {app: app}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+    fn proxy(pod: &str, ip: &str, conn_id: u64) -> Proxy {
+        let node = Node {
+            id: format!("sidecar~{ip}~{pod}.shop~shop.svc.cluster.local"),
+            ..Default::default()
+        };
+        Proxy::from_node(&node, conn_id).unwrap()
+    }
+
+    #[test]
+    fn pods_of_one_view_share_sets_and_outbound_listeners_but_not_inbound_ones() {
+        let g = Generator::new(Arc::new(snapshot_from_yaml(MESH)));
+        let (a1, a2, db) = (
+            proxy("app-1", "10.0.0.5", 1),
+            proxy("app-2", "10.0.0.6", 2),
+            proxy("db-1", "10.0.0.7", 3),
+        );
+        let clusters = g.generate(&a1, type_url::CLUSTER);
+        assert!(!clusters.is_empty());
+        assert!(
+            clusters.ptr_eq(&g.generate(&a2, type_url::CLUSTER)),
+            "same view, one set"
+        );
+        assert!(
+            clusters.ptr_eq(&g.generate(&a1, type_url::CLUSTER)),
+            "a stream's second ask is the same set"
+        );
+        assert!(
+            !clusters.ptr_eq(&g.generate(&db, type_url::CLUSTER)),
+            "other labels, other view"
+        );
+
+        let (l1, l2) = (
+            g.generate(&a1, type_url::LISTENER),
+            g.generate(&a2, type_url::LISTENER),
+        );
+        assert!(!l1.ptr_eq(&l2), "listeners are per pod");
+        let outbound = l1.get("virtualOutbound").unwrap();
+        assert!(
+            Arc::ptr_eq(outbound, l2.get("virtualOutbound").unwrap()),
+            "outbound shared"
+        );
+        assert!(Arc::ptr_eq(
+            l1.get("0.0.0.0_80").unwrap(),
+            l2.get("0.0.0.0_80").unwrap()
+        ));
+        let (in1, in2) = (
+            l1.get("virtualInbound").unwrap(),
+            l2.get("virtualInbound").unwrap(),
+        );
+        assert!(!Arc::ptr_eq(in1, in2), "inbound is the pod's own");
+
+        // The same listeners as generating the whole set for the pod.
+        let whole = g.generate_for(proxy_meta(&a1), type_url::LISTENER);
+        let names = |rs: Vec<&Arc<XdsResource>>| -> Vec<(String, String)> {
+            rs.iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect()
+        };
+        assert_eq!(
+            names(l1.items().iter().collect()),
+            names(whole.iter().collect())
+        );
     }
 }

@@ -58,14 +58,8 @@ pub struct ProxyScope<'a> {
 impl<'a> ProxyScope<'a> {
     /// Computes the scope of one proxy.
     pub fn new(snapshot: &'a Snapshot, meta: ProxyMeta) -> ProxyScope<'a> {
-        let workload = snapshot
-            .workload(&meta.namespace, &meta.pod)
-            .or_else(|| snapshot.workload_by_ip(&meta.ip))
-            .cloned();
-        let labels = workload
-            .as_ref()
-            .map(|w| w.labels.clone())
-            .unwrap_or_else(|| meta.labels.clone());
+        let workload = Self::workload_of(snapshot, &meta);
+        let labels = Self::labels_of(workload.as_deref(), &meta).clone();
         let sidecar = match meta.kind {
             ProxyKind::Sidecar => find_sidecar(snapshot, &meta.namespace, &labels),
             ProxyKind::Router => None,
@@ -97,6 +91,22 @@ impl<'a> ProxyScope<'a> {
             .cloned()
             .collect();
         scope
+    }
+
+    /// The proxy's Pod in `snapshot`, by name, else by IP.
+    pub fn workload_of(snapshot: &Snapshot, meta: &ProxyMeta) -> Option<Arc<Workload>> {
+        snapshot
+            .workload(&meta.namespace, &meta.pod)
+            .or_else(|| snapshot.workload_by_ip(&meta.ip))
+            .cloned()
+    }
+
+    /// The labels a proxy's scope has: its Pod's, else the node metadata's.
+    pub fn labels_of<'m>(
+        workload: Option<&'m Workload>,
+        meta: &'m ProxyMeta,
+    ) -> &'m BTreeMap<String, String> {
+        workload.map(|w| &w.labels).unwrap_or(&meta.labels)
     }
 
     /// The proxy's namespace.
