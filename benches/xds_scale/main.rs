@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 mod bare;
 mod client;
+mod real;
 
 use client::LeanDelta;
 use rudder::test_helpers::ads::{TestServer, node_id};
@@ -271,12 +272,57 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// What the server pushes: pre-encoded resources (the ADS server alone), or the mesh's objects through
+/// rudder's snapshot build and generator.
+enum Mesh {
+    Static(StaticGenerator),
+    Real(real::RealMesh),
+}
+
+impl Mesh {
+    fn new(real: bool) -> Self {
+        match real {
+            true => Mesh::Real(real::RealMesh::new()),
+            false => Mesh::Static(mesh(0)),
+        }
+    }
+
+    /// Publishes the mesh as it is now.
+    fn publish(&self, publisher: &mut Publisher, endpoints_only: bool) -> u64 {
+        match self {
+            Mesh::Static(g) => publisher.publish(g.clone(), endpoints_only),
+            Mesh::Real(m) => {
+                publisher.publish(m.generator(publisher.next_version()), endpoints_only)
+            }
+        }
+    }
+
+    /// Config change: one new cluster and the route table.
+    fn config(&mut self, epoch: usize) {
+        match self {
+            Mesh::Static(g) => {
+                g.set(cluster(&format!("{}-x{epoch}", svc(0))));
+                g.set(route_table(&format!("epoch-{epoch}")));
+            }
+            Mesh::Real(m) => m.add_service(epoch),
+        }
+    }
+
+    /// Endpoint change of service `i`.
+    fn endpoints(&mut self, i: usize, epoch: u16) {
+        match self {
+            Mesh::Static(g) => g.set(endpoints(&svc(i), &eps(i, epoch))),
+            Mesh::Real(m) => m.set_endpoints(i, epoch),
+        }
+    }
+}
+
 /// The server side: publishes the mesh, serves ADS, and applies the parent's changes.
-async fn serve() {
+async fn serve(real: bool) {
     let (mut publisher, rx) = Publisher::new();
     let t_build = Instant::now();
-    let mut g = mesh(0);
-    let v = publisher.publish(g.clone(), false);
+    let mut g = Mesh::new(real);
+    let v = g.publish(&mut publisher, false);
     let server = TestServer::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), rx, 64).await;
     println!("addr {} {v} {:?}", server.addr, t_build.elapsed());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -288,14 +334,12 @@ async fn serve() {
             .collect();
         let v = match (line.split_whitespace().next(), words.as_slice()) {
             (Some("config"), [epoch]) => {
-                // Config change: one new cluster and the route table.
-                g.set(cluster(&format!("{}-x{epoch}", svc(0))));
-                g.set(route_table(&format!("epoch-{epoch}")));
-                publisher.publish(g.clone(), false)
+                g.config(*epoch);
+                g.publish(&mut publisher, false)
             }
             (Some("eds"), [i, epoch]) => {
-                g.set(endpoints(&svc(*i), &eps(*i, *epoch as u16)));
-                publisher.publish(g.clone(), true)
+                g.endpoints(*i, *epoch as u16);
+                g.publish(&mut publisher, true)
             }
             (Some("stats"), []) => {
                 let m = &server.metrics;
@@ -326,7 +370,7 @@ struct ServerProc {
 impl ServerProc {
     /// Starts this binary as a server (`--serve`: rudder, `--serve-bare`: the HTTP/2 floor). Returns it, its
     /// address, the generation it starts at, and how long it took to build its config.
-    async fn spawn(mode: &str, wrap: Option<String>) -> (Self, SocketAddr, u64, String) {
+    async fn spawn(args: &[&str], wrap: Option<String>) -> (Self, SocketAddr, u64, String) {
         let exe = std::env::current_exe().unwrap();
         let mut command = match wrap {
             Some(wrap) => {
@@ -337,7 +381,7 @@ impl ServerProc {
             None => Command::new(exe),
         };
         let mut child = command
-            .arg(mode)
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -475,8 +519,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `--generator static|real` (default static): see `real.rs`.
+    let generator: &'static str = match std::env::args().skip_while(|a| a != "--generator").nth(1) {
+        Some(g) if g == "real" => "real",
+        _ => "static",
+    };
     if std::env::args().any(|a| a == "--serve") {
-        rt.block_on(serve());
+        rt.block_on(serve(generator == "real"));
         return;
     }
     if std::env::args().any(|a| a == "--serve-bare") {
@@ -493,9 +542,9 @@ fn main() {
     let driver = rt.spawn(async move {
         // XDS_SCALE_WRAP runs the server under a profiler, e.g. `XDS_SCALE_WRAP=heaptrack`.
         let wrap = std::env::var("XDS_SCALE_WRAP").ok();
-        let (mut server, addr, mut v, built) = ServerProc::spawn("--serve", wrap).await;
+        let (mut server, addr, mut v, built) = ServerProc::spawn(&["--serve", "--generator", generator], wrap).await;
         let pid = server.pid;
-        println!("xds_scale: {SERVICES} services, {clients} delta clients, {rounds} rounds (server pid {pid}, built in {built})");
+        println!("xds_scale: {SERVICES} services, {clients} delta clients, {rounds} rounds, {generator} generator (server pid {pid}, built in {built})");
         let t0 = Instant::now();
         let mut events = connect_clients(addr, clients);
         let initial = collect(&mut events, clients, &[CLUSTER, ENDPOINT, LISTENER, ROUTE], v, t0).await;
@@ -507,7 +556,7 @@ fn main() {
         // percent within a minute, so a floor measured after rudder's rounds made a noisy ratio).
         let mut floor = match eds_rounds_n > 0 && arg("--floor", 1) == 1 {
             true => {
-                let (bare, addr, v, _) = ServerProc::spawn("--serve-bare", None).await;
+                let (bare, addr, v, _) = ServerProc::spawn(&["--serve-bare"], None).await;
                 let mut events = connect_clients(addr, clients);
                 collect(&mut events, clients, &[ENDPOINT], v, Instant::now()).await;
                 Some((bare, events, EdsRounds::default()))

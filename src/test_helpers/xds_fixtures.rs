@@ -312,6 +312,11 @@ impl Publisher {
         self.version
     }
 
+    /// The version the next [`Publisher::publish`] gives.
+    pub fn next_version(&self) -> u64 {
+        self.version + 1
+    }
+
     /// Another receiver (for a restarted server).
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<PushContext>>> {
         self.tx.subscribe()
