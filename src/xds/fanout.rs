@@ -95,50 +95,48 @@ impl Fanout {
     /// A member leaves (it ends, or waits for its client's flow control). If it was still owed the current
     /// fan-out's generation, the fan-out no longer waits for it. `false` if it was not a member.
     pub fn leave(&self, mark: &Mark) -> bool {
-        let wake = {
-            let mut s = self.state.lock();
-            let was = mark.0.swap(OUT, Release);
-            if was == OUT {
-                return false;
-            }
-            s.members -= 1;
-            let wake = if was < s.epoch && s.remaining > 0 {
-                s.take_one()
-            } else {
-                Vec::new()
-            };
-            self.remaining.store(s.remaining, Release);
-            wake
-        };
-        wake.into_iter().for_each(Waker::wake);
+        let mut s = self.state.lock();
+        let was = mark.0.swap(OUT, Release);
+        if was == OUT {
+            return false;
+        }
+        s.members -= 1;
+        let owed = was < s.epoch && s.remaining > 0;
+        self.count(s, owed);
         true
     }
 
     /// A member took generation `version` (pushed it, or found nothing in it for its proxy). The first member
     /// to take a newer generation starts its fan-out.
     pub fn took(&self, mark: &Mark, version: u64) {
-        let wake = {
-            let mut s = self.state.lock();
-            let was = mark.get();
-            if was == OUT {
-                return;
-            }
-            if version > s.epoch {
-                s.epoch = version;
-                s.remaining = s.members;
-                s.started_at = Some(Instant::now());
-                self.epoch.store(version, Release);
-                self.started.notify_one();
-            }
-            let wake = if was < s.epoch && version == s.epoch {
-                mark.0.store(version, Release);
-                s.take_one()
-            } else {
-                Vec::new()
-            };
-            self.remaining.store(s.remaining, Release);
-            wake
+        let mut s = self.state.lock();
+        let was = mark.get();
+        if was == OUT {
+            return;
+        }
+        if version > s.epoch {
+            s.epoch = version;
+            s.remaining = s.members;
+            s.started_at = Some(Instant::now());
+            self.epoch.store(version, Release);
+            self.started.notify_one();
+        }
+        let owed = was < s.epoch && version == s.epoch;
+        if owed {
+            mark.0.store(version, Release);
+        }
+        self.count(s, owed);
+    }
+
+    /// Counts one member done with the fan-out if `done`, publishes what remains, and (with the lock let go)
+    /// wakes the held connections if that ended it.
+    fn count(&self, mut s: parking_lot::MutexGuard<'_, State>, done: bool) {
+        let wake = match done {
+            true => s.take_one(),
+            false => Vec::new(),
         };
+        self.remaining.store(s.remaining, Release);
+        drop(s);
         wake.into_iter().for_each(Waker::wake);
     }
 
