@@ -133,22 +133,10 @@ pub fn proxy_meta(proxy: &Proxy) -> ProxyMeta {
 
 fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
     match type_url {
-        type_url::CLUSTER => cluster::clusters(scope)
-            .iter()
-            .map(|c| Arc::new(XdsResource::encode(c.name.clone(), c)))
-            .collect(),
-        type_url::ENDPOINT => endpoint::load_assignments(scope)
-            .iter()
-            .map(|c| Arc::new(XdsResource::encode(c.cluster_name.clone(), c)))
-            .collect(),
-        type_url::LISTENER => listener::listeners(scope)
-            .iter()
-            .map(|l| Arc::new(XdsResource::encode(l.name.clone(), l)))
-            .collect(),
-        type_url::ROUTE => route::route_configs(scope)
-            .iter()
-            .map(|r| Arc::new(XdsResource::encode(r.name.clone(), r)))
-            .collect(),
+        type_url::CLUSTER => encoded(cluster::clusters(scope), |c| &c.name),
+        type_url::ENDPOINT => encoded(endpoint::load_assignments(scope), |c| &c.cluster_name),
+        type_url::LISTENER => encoded(listener::listeners(scope), |l| &l.name),
+        type_url::ROUTE => encoded(route::route_configs(scope), |r| &r.name),
         // Secrets are per proxy identity (see `SecretSource`); never generated without one.
         _ => Vec::new(),
     }
