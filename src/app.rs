@@ -588,15 +588,16 @@ async fn publish_push_contexts(
     secrets: Option<Arc<dyn SecretSource>>,
     republish: Arc<Notify>,
 ) -> anyhow::Result<()> {
+    let mut previous: Option<Arc<Generator>> = None;
     loop {
         let built = snapshots.borrow_and_update().clone();
-        let generator =
-            Arc::new(Generator::new(built.snapshot.clone()).with_secrets(secrets.clone()));
-        let ctx = PushContext::new(
-            built.snapshot.version,
-            generator.clone(),
-            built.changes.endpoints_only(),
-        );
+        let mut generator = Generator::new(built.snapshot.clone()).with_secrets(secrets.clone());
+        if let Some(previous) = &previous {
+            generator = generator.following(previous);
+        }
+        let generator = Arc::new(generator);
+        previous = Some(generator.clone());
+        let ctx = PushContext::new(built.snapshot.version, generator.clone());
         if tx.send(Some(Arc::new(ctx))).is_err() {
             return Ok(());
         }
@@ -607,7 +608,7 @@ async fn publish_push_contexts(
                     Err(_) => return Ok(()),
                 },
                 _ = republish.notified() => {
-                    let ctx = PushContext::new(built.snapshot.version, generator.clone(), false);
+                    let ctx = PushContext::new(built.snapshot.version, generator.clone());
                     if tx.send(Some(Arc::new(ctx))).is_err() {
                         return Ok(());
                     }

@@ -89,7 +89,7 @@ async fn scenario(api: AdsApi) {
     let up = http_server("127.0.0.1", "hello from upstream").await;
     let listen = free_port();
     let (mut publisher, rx) = Publisher::new();
-    let v1 = publisher.publish(config(up, listen, "v1"), false);
+    let v1 = publisher.publish(config(up, listen, "v1"));
     let server = TestServer::start(rx).await;
     let envoy = Envoy::start(&bootstrap(NODE, "app.default", server.addr, api)).await;
 
@@ -130,7 +130,7 @@ async fn scenario(api: AdsApi) {
     wait_traffic(&envoy, listen, "v1").await;
 
     // A new generation (changed route) reaches Envoy.
-    let v2 = publisher.publish(config(up, listen, "v2"), false);
+    let v2 = publisher.publish(config(up, listen, "v2"));
     wait_synced(&server.registry, |c| {
         c.types[ROUTE].version_sent.as_deref() == Some(&*v2.to_string())
     })
@@ -140,7 +140,7 @@ async fn scenario(api: AdsApi) {
     // A route Envoy rejects: the NACK is recorded with Envoy's text; Envoy keeps serving v2.
     let mut bad = config(up, listen, "v3");
     bad.set(route_regex("http-routes", "backend", "(", "v3"));
-    publisher.publish(bad, false);
+    publisher.publish(bad);
     let conns = server
         .registry
         .wait_for(ADMIN_TIMEOUT, |cs| {
@@ -161,7 +161,7 @@ async fn scenario(api: AdsApi) {
     wait_traffic(&envoy, listen, "v2").await;
 
     // The fix is ACKed and clears the NACK.
-    let v4 = publisher.publish(config(up, listen, "v4"), false);
+    let v4 = publisher.publish(config(up, listen, "v4"));
     let conn = wait_synced(&server.registry, |c| {
         c.types[ROUTE].acked_version.is_some()
             && c.types[ROUTE].version_sent.as_deref() == Some(&*v4.to_string())
@@ -186,7 +186,7 @@ async fn envoy_survives_control_plane_restart() {
     let up = http_server("127.0.0.1", "hello from upstream").await;
     let listen = free_port();
     let (mut publisher, rx) = Publisher::new();
-    publisher.publish(config(up, listen, "v1"), false);
+    publisher.publish(config(up, listen, "v1"));
     let server = TestServer::start(rx).await;
     let xds_addr = server.addr;
     let envoy = Envoy::start(&bootstrap(NODE, "app.default", xds_addr, AdsApi::DeltaGrpc)).await;
@@ -230,7 +230,7 @@ async fn envoy_survives_control_plane_restart() {
         .await;
     // Resync: the new server serves the reconnected Envoy, which then takes a new generation.
     wait_synced(&server.registry, |_| true).await;
-    let v = publisher.publish(config(up, listen, "after-restart"), false);
+    let v = publisher.publish(config(up, listen, "after-restart"));
     wait_synced(&server.registry, |c| {
         c.types[ROUTE].acked_version.is_some()
             && c.types[ROUTE].version_sent.as_deref() == Some(&*v.to_string())

@@ -32,14 +32,14 @@ fn base() -> StaticGenerator {
 /// server's generation feed).
 async fn serving_base() -> (Publisher, TestServer) {
     let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
+    publisher.publish(base());
     (publisher, TestServer::start(rx).await)
 }
 
 /// [`serving_base`] on a server with settings `cfg` (on 127.0.0.1, any port).
 async fn serving_base_with(cfg: rudder::xds::Config) -> (Publisher, TestServer) {
     let (mut publisher, rx) = Publisher::new();
-    publisher.publish(base(), false);
+    publisher.publish(base());
     let cfg = rudder::xds::Config { addr: ep(0), ..cfg };
     (publisher, TestServer::start_with(cfg, rx).await)
 }
@@ -123,7 +123,7 @@ async fn streams_wait_for_the_first_generation() {
     let mut c = SotwClient::connect(server.addr, &node_id("p1", "ns")).await;
     c.request(CLUSTER, &[], "", "").await;
     c.expect_none(QUIET).await;
-    publisher.publish(base(), false);
+    publisher.publish(base());
     let r = c.recv().await;
     assert_eq!(sorted(sotw_names(&r)), ["a", "b"]);
     c.ack(&r, &[]).await;
@@ -143,7 +143,7 @@ async fn sotw_nack_is_recorded_and_cleared_by_the_next_ack() {
 
     let mut g = base();
     g.set(cluster("c"));
-    publisher.publish(g.clone(), false);
+    publisher.publish(g.clone());
     let r2 = c.recv().await;
     assert_eq!(sorted(sotw_names(&r2)), ["a", "b", "c"]);
     c.nack(&r2, &[], &r1.version_info, "cluster c: bad config")
@@ -159,9 +159,9 @@ async fn sotw_nack_is_recorded_and_cleared_by_the_next_ack() {
     assert_eq!(server.metrics.nacks(CLUSTER), 1);
 
     // Republishing the same content sends nothing; a fix is pushed and its ACK clears the NACK.
-    publisher.publish(g, false);
+    publisher.publish(g);
     c.expect_none(QUIET).await;
-    publisher.publish(base(), false);
+    publisher.publish(base());
     let r3 = c.recv().await;
     assert_eq!(r3.version_info, "4");
     c.ack(&r3, &[]).await;
@@ -183,7 +183,7 @@ async fn stale_nonce_is_ignored_and_the_next_ack_carries_the_names() {
 
     let mut g = base();
     g.set(endpoints("a", &[ep(1001), ep(1003)]));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let r2 = c.recv().await;
     assert_eq!(sotw_names(&r2), ["a"]);
 
@@ -249,7 +249,7 @@ async fn sotw_eds_and_rds_subscribe_and_unsubscribe_by_name() {
     // A change to the unsubscribed a reaches nobody.
     let mut g = base();
     g.set(endpoints("a", &[ep(1009)]));
-    publisher.publish(g.clone(), false);
+    publisher.publish(g.clone());
     c.expect_none(QUIET).await;
 
     c.ack(&r, &[]).await; // empty list: unsubscribe everything (EDS is not a wildcard type)
@@ -257,7 +257,7 @@ async fn sotw_eds_and_rds_subscribe_and_unsubscribe_by_name() {
     let st = wait_type(&server, ENDPOINT, |t| t.names.is_empty()).await;
     assert!(!st.wildcard);
     g.set(endpoints("b", &[ep(1010)]));
-    publisher.publish(g, false);
+    publisher.publish(g);
     c.expect_none(QUIET).await;
 
     // RDS by name, including a name that does not exist yet.
@@ -268,7 +268,7 @@ async fn sotw_eds_and_rds_subscribe_and_unsubscribe_by_name() {
     c.expect_none(QUIET).await;
     let mut g = base();
     g.set(route("missing", "b", "/", "x"));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let r = c.recv().await;
     assert_eq!(r.type_url, ROUTE);
     assert_eq!(sorted(sotw_names(&r)), ["missing", "r"]);
@@ -292,13 +292,13 @@ async fn pushes_only_what_changed_in_make_before_break_order() {
     c.expect_none(QUIET).await;
 
     // Identical content in a new generation: nothing.
-    publisher.publish(base(), false);
+    publisher.publish(base());
     c.expect_none(QUIET).await;
 
     // Endpoint-only generation: EDS only.
     let mut g = base();
     g.set(endpoints("a", &[ep(2001)]));
-    publisher.publish(g.clone(), true);
+    publisher.publish(g.clone());
     let r = c.recv().await;
     assert_eq!(
         (r.type_url.as_str(), sorted(sotw_names(&r))),
@@ -311,7 +311,7 @@ async fn pushes_only_what_changed_in_make_before_break_order() {
     g.set(cluster("c"));
     g.set(endpoints("c", &[ep(3001)]));
     g.set(route("r", "c", "/", "v2"));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let got: Vec<String> = [c.recv().await, c.recv().await]
         .iter()
         .map(|r| r.type_url.clone())
@@ -345,12 +345,12 @@ async fn delta_sends_only_added_changed_and_removed() {
     let mut g = base();
     g.remove(CLUSTER, "b");
     g.set(cluster("c"));
-    publisher.publish(g.clone(), false);
+    publisher.publish(g.clone());
     let r = c.recv().await;
     assert_eq!(delta_names(&r), ["c"]);
     assert_eq!(r.removed_resources, ["b"]);
     c.ack(&r).await;
-    publisher.publish(g, false);
+    publisher.publish(g);
     c.expect_none(QUIET).await;
     let st = wait_type(&server, CLUSTER, |t| {
         t.is_acked() && t.version_sent.as_deref() == Some("2")
@@ -361,7 +361,7 @@ async fn delta_sends_only_added_changed_and_removed() {
     // NACK is recorded with the names of the rejected response.
     let mut g = base();
     g.set(cluster("d"));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let r = c.recv().await;
     assert_eq!(sorted(delta_names(&r)), ["b", "d"]);
     assert_eq!(r.removed_resources, ["c"]);
@@ -424,11 +424,11 @@ async fn delta_explicit_and_wildcard_subscriptions() {
     c.expect_none(QUIET).await;
     let mut g = base();
     g.set(endpoints("a", &[ep(4444)]));
-    publisher.publish(g.clone(), false);
+    publisher.publish(g.clone());
     c.expect_none(QUIET).await;
     // missing appears: sent, since it is subscribed.
     g.set(endpoints("missing", &[ep(4445)]));
-    publisher.publish(g.clone(), false);
+    publisher.publish(g.clone());
     let r = c.recv().await;
     assert_eq!(delta_names(&r), ["missing"]);
     c.ack(&r).await;
@@ -443,7 +443,7 @@ async fn delta_explicit_and_wildcard_subscriptions() {
     let st = wait_type(&server, CLUSTER, |t| !t.wildcard).await;
     assert_eq!(st.sent.names(), ["a"]);
     g.set(cluster("z"));
-    publisher.publish(g, false);
+    publisher.publish(g);
     c.expect_none(QUIET).await;
 }
 
@@ -470,7 +470,7 @@ async fn streams_sharing_a_connection_are_served_independently() {
         .expect("the dropped stream leaves the registry");
     let mut g = base();
     g.set(cluster("c"));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let r = b.recv().await;
     assert_eq!(sorted(sotw_names(&r)), ["a", "b", "c"]);
 }
@@ -537,7 +537,7 @@ async fn fan_out_pushes_once_per_affected_type_and_skips_unaffected_proxies() {
     for i in (0..CLIENTS).step_by(2) {
         g.set_for(&format!("p{i}.ns"), cluster("private"));
     }
-    publisher.publish(g.clone(), false);
+    publisher.publish(g.clone());
     for (i, c) in clients.iter_mut().enumerate().step_by(2) {
         let r = c.recv().await;
         assert_eq!(r.type_url, CLUSTER, "client {i}");
@@ -550,7 +550,7 @@ async fn fan_out_pushes_once_per_affected_type_and_skips_unaffected_proxies() {
 
     // A common endpoint change: every client gets exactly one EDS response.
     g.set(endpoints("a", &[ep(5555)]));
-    publisher.publish(g, true);
+    publisher.publish(g);
     for (i, c) in clients.iter_mut().enumerate() {
         let r = c.recv().await;
         assert_eq!(r.type_url, ENDPOINT, "client {i}");
@@ -657,7 +657,7 @@ async fn sotw_changed_cluster_gets_its_endpoints_again() {
         nanos: 0,
     });
     g.set(std::sync::Arc::new(XdsResource::encode("a", &changed)));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let r = c.recv().await;
     assert_eq!(r.type_url, CLUSTER);
     c.ack(&r, &[]).await;
@@ -691,7 +691,7 @@ async fn delta_changed_cluster_gets_its_endpoints_again() {
     });
     g.set(std::sync::Arc::new(XdsResource::encode("a", &changed)));
     g.set(cluster("new"));
-    publisher.publish(g, false);
+    publisher.publish(g);
     let r = c.recv().await;
     assert_eq!(
         (r.type_url.as_str(), delta_names(&r)),
@@ -778,7 +778,7 @@ async fn a_client_that_stops_reading_holds_up_only_its_own_stream() {
     let mut g = base();
     for i in 0..4 {
         g.set(cluster(&format!("{i}{}", "x".repeat(70_000))));
-        publisher.publish(g.clone(), false);
+        publisher.publish(g.clone());
         let r = live.recv().await;
         assert_eq!(r.resources.len(), 1, "generation {i}: the new cluster");
         live.ack(&r).await;
@@ -804,7 +804,7 @@ async fn acks_are_read_once_the_fan_out_ends() {
     let stalled = server.stall_fanouts();
     let mut g = base();
     g.set(endpoints("a", &[ep(1003)]));
-    publisher.publish(g.clone(), true);
+    publisher.publish(g.clone());
     let r = c.recv().await;
     assert_eq!(delta_names(&r), ["a"]);
     c.ack(&r).await;
@@ -829,7 +829,7 @@ async fn acks_are_read_once_the_fan_out_ends() {
     // A fan-out that never completes ends at its deadline.
     let _stalled = server.stall_fanouts();
     g.set(endpoints("a", &[ep(1004)]));
-    publisher.publish(g, true);
+    publisher.publish(g);
     let r = c.recv().await;
     c.ack(&r).await;
     let pushed = std::time::Instant::now();

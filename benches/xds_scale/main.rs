@@ -288,12 +288,10 @@ impl Mesh {
     }
 
     /// Publishes the mesh as it is now.
-    fn publish(&self, publisher: &mut Publisher, endpoints_only: bool) -> u64 {
+    fn publish(&mut self, publisher: &mut Publisher) -> u64 {
         match self {
-            Mesh::Static(g) => publisher.publish(g.clone(), endpoints_only),
-            Mesh::Real(m) => {
-                publisher.publish(m.generator(publisher.next_version()), endpoints_only)
-            }
+            Mesh::Static(g) => publisher.publish(g.clone()),
+            Mesh::Real(m) => publisher.publish(m.generator(publisher.next_version())),
         }
     }
 
@@ -322,7 +320,7 @@ async fn serve(real: bool) {
     let (mut publisher, rx) = Publisher::new();
     let t_build = Instant::now();
     let mut g = Mesh::new(real);
-    let v = g.publish(&mut publisher, false);
+    let v = g.publish(&mut publisher);
     let server = TestServer::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), rx, 64).await;
     println!("addr {} {v} {:?}", server.addr, t_build.elapsed());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -335,11 +333,11 @@ async fn serve(real: bool) {
         let v = match (line.split_whitespace().next(), words.as_slice()) {
             (Some("config"), [epoch]) => {
                 g.config(*epoch);
-                g.publish(&mut publisher, false)
+                g.publish(&mut publisher)
             }
             (Some("eds"), [i, epoch]) => {
                 g.endpoints(*i, *epoch as u16);
-                g.publish(&mut publisher, true)
+                g.publish(&mut publisher)
             }
             (Some("stats"), []) => {
                 let m = &server.metrics;

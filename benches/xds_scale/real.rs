@@ -17,6 +17,8 @@ use super::SERVICES;
 pub struct RealMesh {
     objects: Vec<Object>,
     index: HashMap<ObjectKey, usize>,
+    /// The generator last published.
+    last: Option<Arc<Generator>>,
 }
 
 fn service(name: &str, ns: &str) -> String {
@@ -57,6 +59,7 @@ impl RealMesh {
         let mut mesh = RealMesh {
             objects: Vec::new(),
             index: HashMap::new(),
+            last: None,
         };
         mesh.apply(&yaml);
         mesh
@@ -87,12 +90,19 @@ impl RealMesh {
         self.apply(&slice(&name, &ns, i, epoch));
     }
 
-    /// A generator over a snapshot of the mesh now, built as the snapshot builder builds one.
-    pub fn generator(&self, version: u64) -> Generator {
-        Generator::new(Arc::new(Snapshot::build(
+    /// A generator over a snapshot of the mesh now, built as the snapshot builder builds one and following
+    /// the previous generator, as the app does.
+    pub fn generator(&mut self, version: u64) -> Arc<Generator> {
+        let mut g = Generator::new(Arc::new(Snapshot::build(
             version,
             &self.objects,
             Vec::new(),
-        )))
+        )));
+        if let Some(previous) = &self.last {
+            g = g.following(previous);
+        }
+        let g = Arc::new(g);
+        self.last = Some(g.clone());
+        g
     }
 }

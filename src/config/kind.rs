@@ -109,6 +109,13 @@ macro_rules! kinds {
             pub fn kind(&self) -> Kind {
                 match self { $(Object::$variant(_) => Kind::$variant),+ }
             }
+            /// Equal objects, checked by pointer first: objects a build did not touch are the store's own `Arc`s.
+            pub fn same(&self, other: &Object) -> bool {
+                match (self, other) {
+                    $((Object::$variant(a), Object::$variant(b)) => Arc::ptr_eq(a, b) || a == b,)+
+                    _ => false,
+                }
+            }
             /// The object's metadata.
             pub fn meta(&self) -> &ObjectMeta {
                 match self { $(Object::$variant(o) => o.meta()),+ }

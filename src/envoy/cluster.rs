@@ -157,6 +157,15 @@ pub fn outbound_targets(scope: &ProxyScope<'_>) -> Vec<OutboundTarget> {
     out
 }
 
+/// Whether the service's clusters carry its endpoints inline (Envoy resolves them: DNS), rather than over EDS
+/// or not at all.
+pub fn inlines_endpoints(service: &Service) -> bool {
+    matches!(
+        service.resolution,
+        Resolution::Dns | Resolution::DnsRoundRobin
+    )
+}
+
 /// Packs a message into `Any`.
 pub(crate) fn any<M: Message + Name>(msg: &M) -> Any {
     Any {

@@ -23,7 +23,7 @@ use crate::envoy::cluster::policy::{effective_locality_setting, u32v};
 use crate::envoy::cluster::{ClusterKind, OutboundTarget, outbound_targets};
 use crate::model::peer_auth::{EffectiveMtls, MtlsMode, workload_mtls};
 use crate::model::proxy::ProxyScope;
-use crate::model::service::Endpoint;
+use crate::model::service::{Endpoint, Service};
 
 /// Metadata filter Envoy's transport socket matching reads.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
@@ -32,9 +32,17 @@ const CLUSTER_ID: &str = "Kubernetes";
 
 /// Load assignments for every EDS cluster the proxy can see (the server filters by subscription).
 pub fn load_assignments(scope: &ProxyScope<'_>) -> Vec<ClusterLoadAssignment> {
+    load_assignments_of(scope, |_| true)
+}
+
+/// Load assignments for the EDS clusters of the services `of` picks.
+pub fn load_assignments_of(
+    scope: &ProxyScope<'_>,
+    of: impl Fn(&Service) -> bool,
+) -> Vec<ClusterLoadAssignment> {
     let mut out: Vec<ClusterLoadAssignment> = outbound_targets(scope)
         .iter()
-        .filter(|t| t.kind == ClusterKind::Eds)
+        .filter(|t| t.kind == ClusterKind::Eds && of(&t.service))
         .map(|t| assignment(scope, t))
         .collect();
     out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));

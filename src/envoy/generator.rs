@@ -1,8 +1,9 @@
-//! Adapts the pure generators to the xDS server: one `Generator` per snapshot, encoding each resource once and
-//! sharing the encoded set between proxies whose view is the same.
+//! Adapts the pure generators to the xDS server: one `Generator` per snapshot, encoding each resource once,
+//! sharing the encoded set between proxies whose view is the same, and carrying sets over from the previous
+//! snapshot's generator when only endpoints moved.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
 use parking_lot::Mutex;
@@ -10,27 +11,48 @@ use parking_lot::Mutex;
 use super::{cluster, endpoint, listener, route};
 use crate::model::Snapshot;
 use crate::model::proxy::{ProxyKind, ProxyMeta, ProxyScope};
+use crate::model::registry::MovedService;
+use crate::model::service::Service;
+use crate::model::workload::Workload;
 use crate::xds::{Generate, Proxy, ProxyType, ResourceSet, XdsResource, type_url};
 
-/// What a proxy's clusters, endpoints and routes depend on besides the snapshot: proxies that agree on it share
-/// one encoded set. A sidecar's inbound listener (and a gateway's listeners) also depend on the pod itself, so
-/// they key on the pod; its outbound listeners are shared by the view.
-/// Whether the proxy can do mTLS (has an identity, so gets SDS secrets) changes listeners and clusters alike.
+/// What a proxy's resources depend on besides the snapshot: proxies that agree on it share one encoded set
+/// of every type. Pods of one deployment (same labels, ports and service account) agree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ViewKey {
-    Shared {
-        kind: ProxyKind,
-        namespace: String,
-        labels: BTreeMap<String, String>,
-        mtls: bool,
-    },
-    Pod {
-        kind: ProxyKind,
-        namespace: String,
-        pod: String,
-        ip: String,
-        mtls: bool,
-    },
+struct ViewKey {
+    kind: ProxyKind,
+    namespace: String,
+    /// The Pod's labels, else the node metadata's.
+    labels: BTreeMap<String, String>,
+    /// Whether the proxy can do mTLS (has an identity, so gets SDS secrets): changes listeners and clusters.
+    mtls: bool,
+    /// The proxy's Pod without its name and address: its ports, service account and locality shape the
+    /// inbound side.
+    workload: Option<Workload>,
+    /// Gateways only: the pod's address. A gateway listens on the target ports of its own endpoints
+    /// (`ProxyScope::gateway_ports`), so each replica is its own view (there are few).
+    address: Option<String>,
+}
+
+impl ViewKey {
+    fn of(snapshot: &Snapshot, meta: &ProxyMeta) -> ViewKey {
+        let workload = ProxyScope::workload_of(snapshot, meta);
+        let labels = ProxyScope::labels_of(workload.as_deref(), meta).clone();
+        let address = (meta.kind == ProxyKind::Router)
+            .then(|| workload.as_ref().map_or(meta.ip.clone(), |w| w.ip.clone()));
+        ViewKey {
+            kind: meta.kind,
+            namespace: meta.namespace.clone(),
+            labels,
+            mtls: meta.mtls,
+            workload: workload.map(|w| Workload {
+                name: String::new(),
+                ip: String::new(),
+                ..(*w).clone()
+            }),
+            address,
+        }
+    }
 }
 
 /// Produces the SDS secrets of one proxy. Installed by the app only when the TLS xDS server runs; it is only
@@ -50,21 +72,79 @@ pub struct Generator {
 /// Number of a [`ViewKey`] within one generator.
 type ViewId = u32;
 
-/// What one generator has worked out: each view's resources, and each stream's views. Every push asks the
-/// generator for every stream, so a stream's views are worked out once per snapshot (its Pod's labels, the
+/// What one generator has worked out: each view's resources, and each stream's view. Every push asks the
+/// generator for every stream, so a stream's view is worked out once per snapshot (its Pod's labels, the
 /// key) and afterwards found by stream id.
 #[derive(Default)]
 struct Cache {
     ids: HashMap<ViewKey, ViewId>,
-    /// Per stream ([`Proxy::conn_id`]): its shared view and its own (listeners).
-    streams: HashMap<u64, [ViewId; 2]>,
-    sets: HashMap<(&'static str, ViewId), ResourceSet>,
+    keys: Vec<ViewKey>,
+    /// Per stream ([`Proxy::conn_id`]).
+    streams: HashMap<u64, ViewId>,
+    /// Filled by the first stream that asks; the others ask at once wait for it rather than repeat the work.
+    sets: HashMap<(&'static str, ViewId), Arc<OnceLock<ResourceSet>>>,
+    /// The previous generator's sets when this snapshot only moved endpoints, taken out as they are used.
+    earlier: Option<Earlier>,
+}
+
+/// What a generator inherits from the one before it.
+struct Earlier {
+    sets: HashMap<ViewKey, Vec<(&'static str, ResourceSet)>>,
+    /// The services whose endpoints differ.
+    moved: Vec<MovedService>,
 }
 
 impl Cache {
     fn id(&mut self, key: ViewKey) -> ViewId {
-        let next = self.ids.len() as ViewId;
-        *self.ids.entry(key).or_insert(next)
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        let id = self.keys.len() as ViewId;
+        self.keys.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// What the earlier generator left for `type_url` in view `id`, and how it carries over.
+    fn carried(&mut self, type_url: &str, id: ViewId) -> Option<(ResourceSet, Carry)> {
+        let earlier = self.earlier.as_mut()?;
+        let key = &self.keys[id as usize];
+        let sets = earlier.sets.get_mut(key)?;
+        let at = sets.iter().position(|(t, _)| *t == type_url)?;
+        Some((sets.swap_remove(at).1, carry(type_url, key, &earlier.moved)))
+    }
+}
+
+/// How a set of the earlier generator carries over, when only endpoints moved.
+enum Carry {
+    /// Unchanged: the same set (so the server sends nothing, in O(1)).
+    Same,
+    /// The load assignments of these services are regenerated, the others kept.
+    Endpoints(Vec<MovedService>),
+    Regenerate,
+}
+
+/// Resources read endpoints only through the registry, in these places: load assignments (EDS, and the inline
+/// ones of DNS clusters), the SANs a cluster accepts (the endpoints' service accounts), a headless service's
+/// per-endpoint listeners, and a gateway's listen ports.
+fn carry(type_url: &str, key: &ViewKey, moved: &[MovedService]) -> Carry {
+    if key.kind == ProxyKind::Router {
+        return Carry::Regenerate;
+    }
+    let any = |f: fn(&MovedService) -> bool| moved.iter().any(f);
+    match type_url {
+        type_url::ROUTE => Carry::Same,
+        type_url::LISTENER if any(|m| listener::lists_endpoints(&m.service)) => Carry::Regenerate,
+        type_url::LISTENER => Carry::Same,
+        type_url::CLUSTER
+            if any(|m| m.identities_changed || cluster::inlines_endpoints(&m.service)) =>
+        {
+            Carry::Regenerate
+        }
+        type_url::CLUSTER => Carry::Same,
+        type_url::ENDPOINT if moved.is_empty() => Carry::Same,
+        type_url::ENDPOINT => Carry::Endpoints(moved.to_vec()),
+        _ => Carry::Regenerate,
     }
 }
 
@@ -81,6 +161,27 @@ impl Generator {
     /// Serves SDS secrets from `source` (per proxy, never cached here: they depend on the proxy's identity).
     pub fn with_secrets(mut self, source: Option<Arc<dyn SecretSource>>) -> Self {
         self.secrets = source;
+        self
+    }
+
+    /// Reuses what `previous` generated when this snapshot differs from its snapshot only in endpoints (and
+    /// pods): sets that do not read the moved endpoints are carried over as they are, and a view's load
+    /// assignments are regenerated only for the services that moved. Otherwise everything is generated anew.
+    pub fn following(self, previous: &Generator) -> Self {
+        let Some(moved) = self.snapshot.moved_since(&previous.snapshot) else {
+            return self;
+        };
+        let mut sets: HashMap<ViewKey, Vec<(&'static str, ResourceSet)>> = HashMap::new();
+        {
+            let prev = previous.cache.lock();
+            for ((t, id), slot) in &prev.sets {
+                if let Some(set) = slot.get() {
+                    let key = &prev.keys[*id as usize];
+                    sets.entry(key.clone()).or_default().push((t, set.clone()));
+                }
+            }
+        }
+        self.cache.lock().earlier = Some(Earlier { sets, moved });
         self
     }
 
@@ -153,40 +254,34 @@ fn encoded<M: prost::Message + prost::Name>(
         .collect()
 }
 
-/// Cache slot of the listeners a shared view's pods have in common.
-const SHARED_LISTENERS: &str = "shared-listeners";
-
 impl Generator {
-    /// The listeners of shared view `view`, generated for its first pod.
-    fn shared_listeners(&self, scope: &ProxyScope<'_>, view: ViewId) -> Vec<Arc<XdsResource>> {
-        if let Some(hit) = self.cache.lock().sets.get(&(SHARED_LISTENERS, view)) {
-            return hit.items().to_vec();
+    /// The set of `type_url` for view `id`, whose first asker is described by `meta`: carried over from the
+    /// earlier generator where the moved endpoints leave it alone, else generated.
+    fn view_set(&self, type_url: &'static str, id: ViewId, meta: ProxyMeta) -> ResourceSet {
+        let carried = self.cache.lock().carried(type_url, id);
+        match carried {
+            Some((set, Carry::Same)) => set,
+            Some((set, Carry::Endpoints(moved))) => {
+                let scope = ProxyScope::new(&self.snapshot, meta);
+                let is_moved = |s: &Service| {
+                    moved.iter().any(|m| {
+                        m.service.hostname == s.hostname && m.service.namespace == s.namespace
+                    })
+                };
+                let fresh = encoded(endpoint::load_assignments_of(&scope, is_moved), |c| {
+                    &c.cluster_name
+                });
+                // The first of a name wins: the regenerated assignment over the earlier one.
+                ResourceSet::new(
+                    fresh
+                        .into_iter()
+                        .chain(set.items().iter().cloned())
+                        .collect(),
+                )
+            }
+            _ => ResourceSet::new(encode_all(&ProxyScope::new(&self.snapshot, meta), type_url)),
         }
-        let set = ResourceSet::new(encoded(listener::shared_listeners(scope), |l| &l.name));
-        let out = set.items().to_vec();
-        self.cache.lock().sets.insert((SHARED_LISTENERS, view), set);
-        out
     }
-}
-
-/// The views of a proxy: the one it shares with proxies of the same kind, namespace, labels and mTLS, and its
-/// own (listeners, which also depend on the pod's ports and address).
-fn view_keys(snapshot: &Snapshot, meta: &ProxyMeta) -> (ViewKey, ViewKey) {
-    let workload = ProxyScope::workload_of(snapshot, meta);
-    let shared = ViewKey::Shared {
-        kind: meta.kind,
-        namespace: meta.namespace.clone(),
-        labels: ProxyScope::labels_of(workload.as_deref(), meta).clone(),
-        mtls: meta.mtls,
-    };
-    let own = ViewKey::Pod {
-        kind: meta.kind,
-        namespace: meta.namespace.clone(),
-        pod: meta.pod.clone(),
-        ip: meta.ip.clone(),
-        mtls: meta.mtls,
-    };
-    (shared, own)
 }
 
 impl Generate for Generator {
@@ -207,45 +302,37 @@ impl Generate for Generator {
         let Some(static_type) = static_type else {
             return ResourceSet::default();
         };
-        let view = usize::from(static_type == type_url::LISTENER);
         let known = {
             let cache = self.cache.lock();
-            let ids = cache.streams.get(&proxy.conn_id).copied();
-            match ids.and_then(|ids| cache.sets.get(&(static_type, ids[view]))) {
-                Some(hit) => return hit.clone(),
-                None => ids,
+            let id = cache.streams.get(&proxy.conn_id).copied();
+            let slot = id.and_then(|id| cache.sets.get(&(static_type, id)));
+            if let Some(set) = slot.and_then(|slot| slot.get()) {
+                return set.clone();
             }
+            id
         };
         let meta = proxy_meta(proxy);
-        let ids = match known {
-            Some(ids) => ids,
+        let id = match known {
+            Some(id) => id,
             None => {
-                let (shared, own) = view_keys(&self.snapshot, &meta);
+                let key = ViewKey::of(&self.snapshot, &meta);
                 let mut cache = self.cache.lock();
-                let ids = [cache.id(shared), cache.id(own)];
-                cache.streams.insert(proxy.conn_id, ids);
-                if let Some(hit) = cache.sets.get(&(static_type, ids[view])) {
-                    return hit.clone();
-                }
-                ids
+                let id = cache.id(key);
+                cache.streams.insert(proxy.conn_id, id);
+                id
             }
         };
-        // Generate outside the lock: two proxies racing on the same view do the work twice, which is harmless.
-        let scope = ProxyScope::new(&self.snapshot, meta);
-        let resources = match static_type == type_url::LISTENER {
-            // A pod's listeners: its own, plus the outbound ones its view shares with other pods.
-            true => {
-                let mut all = self.shared_listeners(&scope, ids[0]);
-                all.extend(encoded(listener::own_listeners(&scope), |l| &l.name));
-                ResourceSet::new(all)
-            }
-            false => ResourceSet::new(encode_all(&scope, type_url)),
-        };
-        self.cache
+        let slot = self
+            .cache
             .lock()
             .sets
-            .insert((static_type, ids[view]), resources.clone());
-        resources
+            .entry((static_type, id))
+            .or_default()
+            .clone();
+        // Generated outside the cache lock. A stream asking for the same view meanwhile waits on the slot: a
+        // push asks for every stream at once, and the work is the same for all of them.
+        slot.get_or_init(|| self.view_set(static_type, id, meta))
+            .clone()
     }
 }
 
@@ -255,27 +342,24 @@ mod tests {
 
     use super::*;
     use crate::test_helpers::mesh::snapshot_from_yaml;
+    use crate::xds::PeerIdentity;
 
-    /// Two pods of one deployment (same labels) and a third with other labels, all in `shop`.
-    const MESH: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: app-1, namespace: shop, labels: {app: app}}
-spec: {containers: [{name: app, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.0.0.5}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: app-2, namespace: shop, labels: {app: app}}
-spec: {containers: [{name: app, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.0.0.6}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: db-1, namespace: shop, labels: {app: db}}
-spec: {containers: [{name: db, ports: [{containerPort: 5432}]}]}
-status: {phase: Running, podIP: 10.0.0.7}
----
+    fn pod(name: &str, app: &str, ip: &str, port: u16, sa: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\n\
+             spec: {{serviceAccountName: {sa}, containers: [{{name: c, ports: [{{containerPort: {port}}}]}}]}}\n\
+             status: {{phase: Running, podIP: {ip}}}\n---\n"
+        )
+    }
+
+    /// Two pods of one deployment (same labels), a third with other labels, a fourth with the first two's
+    /// labels but another port; `app` selects the first two.
+    fn views_mesh() -> String {
+        pod("app-1", "app", "10.0.0.5", 8080, "app")
+            + &pod("app-2", "app", "10.0.0.6", 8080, "app")
+            + &pod("db-1", "db", "10.0.0.7", 5432, "db")
+            + &pod("odd-1", "app", "10.0.0.8", 9090, "app")
+            + r#"
 apiVersion: v1
 kind: Service
 metadata: {name: app, namespace: shop}
@@ -283,7 +367,8 @@ spec:
   clusterIP: 10.96.0.5
   selector: {app: app}
   ports: [{name: http, port: 80, targetPort: 8080}]
-"#;
+"#
+    }
 
     fn proxy(pod: &str, ip: &str, conn_id: u64) -> Proxy {
         let node = Node {
@@ -293,59 +378,168 @@ spec:
         Proxy::from_node(&node, conn_id).unwrap()
     }
 
+    fn with_identity(mut p: Proxy) -> Proxy {
+        p.identity = Some(PeerIdentity {
+            namespace: "shop".into(),
+            service_account: "client".into(),
+        });
+        p
+    }
+
+    const TYPES: [&str; 4] = [
+        type_url::CLUSTER,
+        type_url::ENDPOINT,
+        type_url::LISTENER,
+        type_url::ROUTE,
+    ];
+
+    fn names(rs: &[Arc<XdsResource>]) -> Vec<(String, String)> {
+        rs.iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect()
+    }
+
+    /// Every set `g` hands `p` is what generating it whole for `p` gives.
+    fn assert_whole(g: &Generator, p: &Proxy) {
+        for t in TYPES {
+            assert_eq!(
+                names(g.generate(p, t).items()),
+                names(&g.generate_for(proxy_meta(p), t)),
+                "{} {t}",
+                p.id.pod
+            );
+        }
+    }
+
     #[test]
-    fn pods_of_one_view_share_sets_and_outbound_listeners_but_not_inbound_ones() {
-        let g = Generator::new(Arc::new(snapshot_from_yaml(MESH)));
-        let (a1, a2, db) = (
+    fn pods_of_one_view_share_every_set() {
+        let g = Generator::new(Arc::new(snapshot_from_yaml(&views_mesh())));
+        let (a1, a2, db, odd) = (
             proxy("app-1", "10.0.0.5", 1),
             proxy("app-2", "10.0.0.6", 2),
             proxy("db-1", "10.0.0.7", 3),
+            proxy("odd-1", "10.0.0.8", 4),
         );
-        let clusters = g.generate(&a1, type_url::CLUSTER);
-        assert!(!clusters.is_empty());
-        assert!(
-            clusters.ptr_eq(&g.generate(&a2, type_url::CLUSTER)),
-            "same view, one set"
-        );
-        assert!(
-            clusters.ptr_eq(&g.generate(&a1, type_url::CLUSTER)),
-            "a stream's second ask is the same set"
-        );
-        assert!(
-            !clusters.ptr_eq(&g.generate(&db, type_url::CLUSTER)),
-            "other labels, other view"
-        );
-
-        let (l1, l2) = (
+        for t in TYPES {
+            let set = g.generate(&a1, t);
+            assert!(!set.is_empty(), "{t}");
+            assert!(set.ptr_eq(&g.generate(&a2, t)), "same view, one set: {t}");
+            assert!(set.ptr_eq(&g.generate(&a1, t)), "asked again: {t}");
+        }
+        let (clusters, listeners) = (
+            g.generate(&a1, type_url::CLUSTER),
             g.generate(&a1, type_url::LISTENER),
-            g.generate(&a2, type_url::LISTENER),
         );
-        assert!(!l1.ptr_eq(&l2), "listeners are per pod");
-        let outbound = l1.get("virtualOutbound").unwrap();
+        assert!(!clusters.ptr_eq(&g.generate(&db, type_url::CLUSTER)));
+        // Same labels, another port: its inbound side differs, so it is not the others' view.
+        assert!(!clusters.ptr_eq(&g.generate(&odd, type_url::CLUSTER)));
+        assert!(!listeners.ptr_eq(&g.generate(&odd, type_url::LISTENER)));
         assert!(
-            Arc::ptr_eq(outbound, l2.get("virtualOutbound").unwrap()),
-            "outbound shared"
+            g.generate(&odd, type_url::CLUSTER)
+                .get("inbound|9090||")
+                .is_some()
         );
-        assert!(Arc::ptr_eq(
-            l1.get("0.0.0.0_80").unwrap(),
-            l2.get("0.0.0.0_80").unwrap()
-        ));
-        let (in1, in2) = (
-            l1.get("virtualInbound").unwrap(),
-            l2.get("virtualInbound").unwrap(),
-        );
-        assert!(!Arc::ptr_eq(in1, in2), "inbound is the pod's own");
+        for p in [&a1, &a2, &db, &odd] {
+            assert_whole(&g, p);
+        }
+    }
 
-        // The same listeners as generating the whole set for the pod.
-        let whole = g.generate_for(proxy_meta(&a1), type_url::LISTENER);
-        let names = |rs: Vec<&Arc<XdsResource>>| -> Vec<(String, String)> {
-            rs.iter()
-                .map(|r| (r.name.clone(), r.version.clone()))
+    /// `web` (ClusterIP) and `db` (headless) with endpoints from slices; their pods set the service accounts.
+    fn carry_mesh(web_ip: &str, web_sa: &str, db_ip: &str, extra: &str) -> String {
+        let service = |name: &str, cluster_ip: &str, port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{clusterIP: {cluster_ip}, selector: {{app: {name}}}, ports: [{{name: tcp, port: {port}}}]}}\n---\n"
+            )
+        };
+        let slice = |name: &str, ip: &str, port: u16| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+                 addressType: IPv4\nports: [{{name: tcp, port: {port}}}]\n\
+                 endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n---\n"
+            )
+        };
+        pod("client-1", "client", "10.0.0.2", 8000, "client")
+            + &pod("web-1", "web", web_ip, 8080, web_sa)
+            + &pod("db-1", "db", db_ip, 5432, "db")
+            + &service("web", "10.96.0.8", 8080)
+            + &service("db", "None", 5432)
+            + &slice("web", web_ip, 8080)
+            + &slice("db", db_ip, 5432)
+            + extra
+    }
+
+    fn generator(yaml: &str, previous: Option<&Generator>) -> Generator {
+        let g = Generator::new(Arc::new(snapshot_from_yaml(yaml)));
+        match previous {
+            Some(p) => g.following(p),
+            None => g,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_that_only_moved_endpoints_keeps_what_they_do_not_touch() {
+        let clients = [
+            proxy("client-1", "10.0.0.2", 1),
+            with_identity(proxy("client-1", "10.0.0.2", 2)),
+        ];
+        let all = |g: &Generator| -> Vec<Vec<ResourceSet>> {
+            clients
+                .iter()
+                .map(|p| TYPES.iter().map(|t| g.generate(p, t)).collect())
                 .collect()
         };
-        assert_eq!(
-            names(l1.items().iter().collect()),
-            names(whole.iter().collect())
-        );
+        let g1 = generator(&carry_mesh("10.1.0.1", "web", "10.2.0.1", ""), None);
+        let s1 = all(&g1);
+        let [cds, eds, lds, rds] = [0, 1, 2, 3];
+
+        // web's endpoint moves: only EDS changes, and only web's assignment in it.
+        let g2 = generator(&carry_mesh("10.1.0.9", "web", "10.2.0.1", ""), Some(&g1));
+        let s2 = all(&g2);
+        for (c, p) in clients.iter().enumerate() {
+            for t in [cds, lds, rds] {
+                assert!(s2[c][t].ptr_eq(&s1[c][t]), "{} carried over", TYPES[t]);
+            }
+            assert!(!s2[c][eds].ptr_eq(&s1[c][eds]));
+            let web = "outbound|8080||web.shop.svc.cluster.local";
+            assert_ne!(
+                s2[c][eds].get(web).unwrap().version,
+                s1[c][eds].get(web).unwrap().version
+            );
+            assert_eq!(s2[c][eds].len(), s1[c][eds].len());
+            for (a, b) in s2[c][eds].items().iter().zip(s1[c][eds].items()) {
+                assert!(a.name == web || Arc::ptr_eq(a, b), "{} kept", a.name);
+            }
+            assert_whole(&g2, p);
+        }
+
+        // The headless service's endpoint moves: its per-endpoint listener follows.
+        let g3 = generator(&carry_mesh("10.1.0.9", "web", "10.2.0.7", ""), Some(&g2));
+        let s3 = all(&g3);
+        assert!(s3[0][cds].ptr_eq(&s2[0][cds]));
+        assert!(!s3[0][lds].ptr_eq(&s2[0][lds]));
+        assert!(s3[0][lds].get("10.2.0.7_5432").is_some());
+        assert!(s3[0][lds].get("10.2.0.1_5432").is_none());
+        clients.iter().for_each(|p| assert_whole(&g3, p));
+
+        // web's pod runs as another service account: the identities its cluster accepts change (with mTLS).
+        let g4 = generator(&carry_mesh("10.1.0.9", "web2", "10.2.0.7", ""), Some(&g3));
+        let s4 = all(&g4);
+        assert!(!s4[1][cds].ptr_eq(&s3[1][cds]));
+        assert!(s4[1][lds].ptr_eq(&s3[1][lds]));
+        assert_ne!(names(s4[1][cds].items()), names(s3[1][cds].items()));
+        clients.iter().for_each(|p| assert_whole(&g4, p));
+
+        // A config change: nothing is carried over.
+        let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+                  metadata: {name: web, namespace: shop}\n\
+                  spec: {hosts: [web], tcp: [{route: [{destination: {host: web}}]}]}\n";
+        let g5 = generator(&carry_mesh("10.1.0.9", "web2", "10.2.0.7", vs), Some(&g4));
+        let s5 = all(&g5);
+        for t in TYPES.iter().enumerate().map(|(i, _)| i) {
+            assert!(!s5[0][t].ptr_eq(&s4[0][t]), "{}", TYPES[t]);
+        }
+        clients.iter().for_each(|p| assert_whole(&g5, p));
     }
 }

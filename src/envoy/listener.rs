@@ -28,35 +28,23 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use crate::model::proxy::{ProxyKind, ProxyScope};
 
 pub use filters::{CORS_FILTER, FAULT_FILTER, ROUTER_FILTER};
+pub use outbound::lists_endpoints;
 
 /// Every listener of the proxy, sorted by name.
 pub fn listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
-    let mut out = shared_listeners(scope);
-    out.extend(own_listeners(scope));
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-/// The listeners that depend only on what proxies of one view share (kind, namespace, labels, mTLS): a
-/// sidecar's outbound side. Generated once per view, not per pod.
-pub fn shared_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
-    match scope.meta.kind {
+    let mut out = match scope.meta.kind {
         ProxyKind::Sidecar => {
-            let mut out = vec![outbound::virtual_outbound(scope)];
+            let mut out = vec![
+                outbound::virtual_outbound(scope),
+                inbound::virtual_inbound(scope),
+            ];
             out.extend(outbound::outbound_listeners(scope));
             out
         }
-        ProxyKind::Router => Vec::new(),
-    }
-}
-
-/// The listeners that depend on the pod itself (its ports, address and peer authentication): a sidecar's
-/// inbound side, and a gateway's listeners (few gateways, so kept simple).
-pub fn own_listeners(scope: &ProxyScope<'_>) -> Vec<Listener> {
-    match scope.meta.kind {
-        ProxyKind::Sidecar => vec![inbound::virtual_inbound(scope)],
         ProxyKind::Router => gateway::gateway_listeners(scope),
-    }
+    };
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// A listener named `name` on `ip:port` (TCP), everything else default.

@@ -2,7 +2,7 @@
 //! services, VirtualServices, DestinationRules and Gateways that apply to it, after `exportTo`, the Sidecar CRD
 //! and the mesh's outbound policy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::service::Service;
@@ -53,6 +53,8 @@ pub struct ProxyScope<'a> {
     /// What happens to traffic for unknown hosts.
     pub outbound_policy: OutboundMode,
     services: Vec<Arc<Service>>,
+    /// Hostname → the visible service [`ProxyScope::service`] picks (an index into `services`).
+    by_host: HashMap<&'a str, usize>,
 }
 
 impl<'a> ProxyScope<'a> {
@@ -81,15 +83,29 @@ impl<'a> ProxyScope<'a> {
             sidecar,
             outbound_policy,
             services: Vec::new(),
+            by_host: HashMap::new(),
         };
-        scope.services = snapshot
+        let visible: Vec<&'a Arc<Service>> = snapshot
             .registry
             .services()
             .iter()
             .filter(|s| scope.exported_to_me(&s.export_to, &s.namespace, ExportDefault::Service))
             .filter(|s| scope.egress_allows(&s.namespace, &s.hostname))
-            .cloned()
             .collect();
+        // A host declared in several namespaces: the one in the proxy's own namespace, else the first.
+        for (i, s) in visible.iter().enumerate() {
+            let own = s.namespace == scope.meta.namespace;
+            scope
+                .by_host
+                .entry(s.hostname.as_str())
+                .and_modify(|at| {
+                    if own && visible[*at].namespace != scope.meta.namespace {
+                        *at = i;
+                    }
+                })
+                .or_insert(i);
+        }
+        scope.services = visible.into_iter().cloned().collect();
         scope
     }
 
@@ -122,14 +138,7 @@ impl<'a> ProxyScope<'a> {
 
     /// The visible service for `hostname`, preferring the proxy's namespace.
     pub fn service(&self, hostname: &str) -> Option<&Arc<Service>> {
-        let mut found = self.services.iter().filter(|s| s.hostname == hostname);
-        let first = found.next()?;
-        if first.namespace == self.meta.namespace {
-            return Some(first);
-        }
-        found
-            .find(|s| s.namespace == self.meta.namespace)
-            .or(Some(first))
+        self.by_host.get(hostname).map(|&i| &self.services[i])
     }
 
     /// VirtualServices that apply to this proxy: exported to its namespace, within the Sidecar's egress hosts,

@@ -1,7 +1,7 @@
 //! The service registry: Kubernetes Services and ServiceEntries as `Service`s, with endpoints from EndpointSlices,
 //! else Endpoints, else Pods matching the selector (file mode has no endpoints controller), plus WorkloadEntries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
@@ -188,6 +188,64 @@ impl Registry {
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.values().map(|v| v.len()).sum()
     }
+
+    /// When this registry has the same services as `earlier`: those whose endpoints differ (any port). `None`
+    /// when a service was added, removed or changed.
+    pub fn moved_since(&self, earlier: &Registry) -> Option<Vec<MovedService>> {
+        let same_services = self.services.len() == earlier.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&earlier.services)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
+        if !same_services {
+            return None;
+        }
+        // Same services in the same order, so an index names the same service in both.
+        let mut moved: Vec<usize> = self
+            .endpoints
+            .iter()
+            .filter(|(key, eps)| earlier.endpoints.get(key) != Some(eps))
+            .map(|((i, _), _)| *i)
+            .chain(
+                earlier
+                    .endpoints
+                    .keys()
+                    .filter(|key| !self.endpoints.contains_key(key))
+                    .map(|(i, _)| *i),
+            )
+            .collect();
+        moved.sort_unstable();
+        moved.dedup();
+        Some(
+            moved
+                .into_iter()
+                .map(|i| MovedService {
+                    service: self.services[i].clone(),
+                    identities_changed: self.identities(i) != earlier.identities(i),
+                })
+                .collect(),
+        )
+    }
+
+    /// The (namespace, service account) pairs of service `i`'s endpoints, every port.
+    fn identities(&self, i: usize) -> BTreeSet<(&str, &str)> {
+        self.services[i]
+            .ports
+            .iter()
+            .filter_map(|p| self.endpoints.get(&(i, p.port)))
+            .flat_map(|eps| eps.iter())
+            .map(|e| (e.namespace.as_str(), e.service_account.as_str()))
+            .collect()
+    }
+}
+
+/// A service whose endpoints differ from an earlier registry's.
+#[derive(Debug, Clone)]
+pub struct MovedService {
+    pub service: Arc<Service>,
+    /// The service accounts (or namespaces) behind its endpoints changed: the identities its clusters accept.
+    pub identities_changed: bool,
 }
 
 fn kube_service(svc: &core::Service, domain: &str) -> Option<Service> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::registry::{Inputs, Registry};
+use super::registry::{Inputs, MovedService, Registry};
 use super::workload::Workload;
 use crate::config::mesh::MeshConfig;
 use crate::config::{ConfigError, Kind, Object, Severity};
@@ -158,6 +158,23 @@ impl Snapshot {
             configs,
             problems,
         }
+    }
+
+    /// When this snapshot differs from `earlier` only in endpoints and pods: the services whose endpoints
+    /// moved. `None` when any config, service, namespace or the mesh config differs.
+    pub fn moved_since(&self, earlier: &Snapshot) -> Option<Vec<MovedService>> {
+        let same_configs = self.configs.len() == earlier.configs.len()
+            && self
+                .configs
+                .iter()
+                .zip(&earlier.configs)
+                .all(|((k1, a), (k2, b))| {
+                    k1 == k2 && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y))
+                });
+        if !same_configs || self.mesh != earlier.mesh || self.namespaces != earlier.namespaces {
+            return None;
+        }
+        self.registry.moved_since(&earlier.registry)
     }
 
     /// Config objects of one kind.

@@ -13,7 +13,7 @@ pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 pub const PROXY_CONTAINER: &str = "istio-proxy";
 
 /// A pod reduced to what the control plane needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
     pub name: String,

@@ -227,7 +227,9 @@ fn resource_name(type_url: &str, bytes: &[u8]) -> String {
 pub struct StaticGenerator {
     common: BTreeMap<String, Vec<Arc<XdsResource>>>,
     per_pod: BTreeMap<String, BTreeMap<String, Vec<Arc<XdsResource>>>>,
-    shared: OnceLock<BTreeMap<String, ResourceSet>>,
+    /// Each type's set, built on first use and kept until that type changes. Clones share it, so a type a
+    /// change left alone is the very same set in the next generation, as with the real generator.
+    shared: BTreeMap<String, Arc<OnceLock<ResourceSet>>>,
 }
 
 impl StaticGenerator {
@@ -239,7 +241,7 @@ impl StaticGenerator {
 
     /// Adds or replaces a common resource.
     pub fn set(&mut self, r: Arc<XdsResource>) {
-        self.shared = OnceLock::new();
+        self.shared.insert(r.type_url.clone(), Arc::default());
         let list = self.common.entry(r.type_url.clone()).or_default();
         list.retain(|x| x.name != r.name);
         list.push(r);
@@ -247,7 +249,7 @@ impl StaticGenerator {
 
     /// Removes a common resource.
     pub fn remove(&mut self, type_url: &str, name: &str) {
-        self.shared = OnceLock::new();
+        self.shared.insert(type_url.to_owned(), Arc::default());
         if let Some(list) = self.common.get_mut(type_url) {
             list.retain(|x| x.name != name);
         }
@@ -268,13 +270,10 @@ impl StaticGenerator {
 
 impl Generate for StaticGenerator {
     fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet {
-        let shared = self.shared.get_or_init(|| {
-            self.common
-                .iter()
-                .map(|(t, list)| (t.clone(), ResourceSet::new(list.clone())))
-                .collect()
-        });
-        let base = shared.get(type_url).cloned().unwrap_or_default();
+        let base = match (self.shared.get(type_url), self.common.get(type_url)) {
+            (Some(set), Some(list)) => set.get_or_init(|| ResourceSet::new(list.clone())).clone(),
+            _ => ResourceSet::default(),
+        };
         if self.per_pod.is_empty() {
             return base;
         }
@@ -305,9 +304,9 @@ impl Publisher {
     }
 
     /// Publishes the next generation; returns its version.
-    pub fn publish(&mut self, generator: impl Generate + 'static, endpoints_only: bool) -> u64 {
+    pub fn publish(&mut self, generator: impl Generate + 'static) -> u64 {
         self.version += 1;
-        let ctx = PushContext::new(self.version, Arc::new(generator), endpoints_only);
+        let ctx = PushContext::new(self.version, Arc::new(generator));
         self.tx.send_replace(Some(Arc::new(ctx)));
         self.version
     }

@@ -536,14 +536,14 @@ impl ConnState {
         permit: OwnedSemaphorePermit,
     ) -> bool {
         let started = Instant::now();
-        let eds_only = ctx.endpoints_only && self.generation.is_some_and(|g| g + 1 == ctx.version);
         self.generation = Some(ctx.version);
-        let due = |t: &str, s: &TypeState| !eds_only || t == type_url::ENDPOINT || s.must_respond;
         // The known types in push order, then any other type a response is owed for (its first request
-        // came before the first generation): a generator has nothing else to push.
+        // came before the first generation): a generator has nothing else to push. Every subscribed type is
+        // asked: a generator hands back the very set it gave before for what a change left alone, which
+        // costs a pointer compare here.
         let mut types: Vec<Cow<'static, str>> = type_url::PUSH_ORDER
             .iter()
-            .filter(|t| self.types.get(t).is_some_and(|s| due(t, s)))
+            .filter(|t| self.types.get(t).is_some())
             .map(|t| Cow::Borrowed(*t))
             .collect();
         types.extend(
@@ -557,12 +557,7 @@ impl ConnState {
             .filter_map(|t| F::build(self, t, ctx, Some(ctx.published)))
             .collect();
         self.shared.metrics.push_time.observe(started.elapsed());
-        debug!(
-            version = ctx.version,
-            eds_only,
-            responses = responses.len(),
-            "push"
-        );
+        debug!(version = ctx.version, responses = responses.len(), "push");
         self.publish(types.iter().map(|t| t.as_ref()));
         drop(permit);
         self.shared.fanout.took(&self.mark, ctx.version);

@@ -271,6 +271,12 @@ pub trait Generate: Send + Sync {
     fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet;
 }
 
+impl<G: Generate + ?Sized> Generate for Arc<G> {
+    fn generate(&self, proxy: &Proxy, type_url: &str) -> ResourceSet {
+        (**self).generate(proxy, type_url)
+    }
+}
+
 /// One generation of configuration, published by the app on the server's `watch` channel.
 #[derive(Clone)]
 pub struct PushContext {
@@ -278,20 +284,16 @@ pub struct PushContext {
     pub version: u64,
     /// Produces the resources of this generation.
     pub generator: Arc<dyn Generate>,
-    /// True when this generation differs from generation `version - 1` only in endpoints: connections that saw
-    /// `version - 1` then recompute EDS only. Any other gap makes a full recompute.
-    pub endpoints_only: bool,
     /// When the generation was published (start of the convergence-time measurement).
     pub published: Instant,
 }
 
 impl PushContext {
     /// A generation published now.
-    pub fn new(version: u64, generator: Arc<dyn Generate>, endpoints_only: bool) -> Self {
+    pub fn new(version: u64, generator: Arc<dyn Generate>) -> Self {
         PushContext {
             version,
             generator,
-            endpoints_only,
             published: Instant::now(),
         }
     }
@@ -301,7 +303,6 @@ impl fmt::Debug for PushContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PushContext")
             .field("version", &self.version)
-            .field("endpoints_only", &self.endpoints_only)
             .finish_non_exhaustive()
     }
 }

@@ -113,6 +113,7 @@ impl Server {
     }
 
     /// The server's fan-outs (tests hold one on with a member that never takes a generation).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn fanout(&self) -> Arc<Fanout> {
         self.fanout.clone()
     }

@@ -175,6 +175,15 @@ impl L4Listener {
     }
 }
 
+/// Whether the service's listeners name its endpoints: a headless service, whose clients DNS hands the pod IPs,
+/// so each endpoint gets its own `<ip>_<port>` listener (as in istiod); a wildcard listener would capture the
+/// port for every destination in the world.
+pub fn lists_endpoints(svc: &Service) -> bool {
+    svc.addresses.is_empty()
+        && svc.origin == Origin::Kubernetes
+        && svc.resolution == Resolution::Passthrough
+}
+
 /// Adds the chains of one TCP or TLS service port: to `<vip>_<port>` per VIP, or to the wildcard `0.0.0.0_<port>`
 /// (matched by SNI for TLS, by subnet for CIDR addresses) when it has no VIP.
 #[allow(clippy::too_many_arguments)]
@@ -203,12 +212,7 @@ fn add_l4_service(
             },
         }
     }
-    if svc.addresses.is_empty()
-        && svc.origin == Origin::Kubernetes
-        && svc.resolution == Resolution::Passthrough
-    {
-        // Headless: DNS hands clients the pod IPs, so each endpoint gets its own `<ip>_<port>` listener (as in
-        // istiod). A wildcard listener would capture the port for every destination in the world.
+    if lists_endpoints(svc) {
         for ep in scope.snapshot.registry.endpoints(svc, port) {
             if let Ok(ip) = ep.address.parse::<std::net::IpAddr>()
                 && !vips.contains(&ip.to_string())
