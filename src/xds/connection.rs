@@ -552,13 +552,18 @@ impl ConnState {
                 .filter(|(t, s)| s.must_respond && !type_url::PUSH_ORDER.contains(t))
                 .map(|(t, _)| Cow::Owned(t.to_owned())),
         );
-        let responses: Vec<F::Response> = types
-            .iter()
-            .filter_map(|t| F::build(self, t, ctx, Some(ctx.published)))
-            .collect();
+        let mut responses: Vec<F::Response> = Vec::new();
+        // Only the types answered changed in a way the debug registry shows.
+        let mut answered: Vec<&str> = Vec::new();
+        for t in &types {
+            if let Some(resp) = F::build(self, t, ctx, Some(ctx.published)) {
+                responses.push(resp);
+                answered.push(t);
+            }
+        }
         self.shared.metrics.push_time.observe(started.elapsed());
         debug!(version = ctx.version, responses = responses.len(), "push");
-        self.publish(types.iter().map(|t| t.as_ref()));
+        self.publish(answered);
         drop(permit);
         self.shared.fanout.took(&self.mark, ctx.version);
         for resp in &responses {
