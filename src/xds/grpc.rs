@@ -6,6 +6,7 @@
 //! buffers were most of the server's memory. Here every response is encoded into an exactly-sized buffer that
 //! is freed once HTTP/2 has written it, and request bytes are buffered only while a message is incomplete.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -30,8 +31,101 @@ const PREFIX: usize = 5;
 pub(crate) trait Wire: Send + Sync + 'static {
     /// Encoded length, without the gRPC prefix.
     fn wire_len(&self) -> usize;
+    /// Of that, the bytes [`Parts::body`] will reference rather than copy.
+    fn shared_len(&self) -> usize {
+        0
+    }
     /// Appends the encoding (without the gRPC prefix).
-    fn wire_encode(&self, buf: &mut Vec<u8>);
+    fn wire_encode(&self, out: &mut Parts);
+}
+
+/// Resource bodies at least this long are referenced by the message, not copied into it: a route table
+/// of a thousand services (~600 KB) would otherwise be copied once per proxy, and held until written.
+const SHARE_MIN: usize = 4096;
+
+/// An encoded message under construction: bytes written so far, cut into parts where a shared body goes.
+pub(crate) struct Parts {
+    cur: BytesMut,
+    done: VecDeque<Bytes>,
+}
+
+impl Parts {
+    /// Room for `copied` bytes, the message but its shared bodies, in one buffer.
+    fn with_capacity(copied: usize) -> Self {
+        Parts {
+            cur: BytesMut::with_capacity(copied),
+            done: VecDeque::new(),
+        }
+    }
+
+    /// Where the next bytes go.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.cur
+    }
+
+    /// Appends `body`: copied when short, else referenced.
+    fn body(&mut self, body: &Bytes) {
+        if body.len() < SHARE_MIN {
+            self.cur.extend_from_slice(body);
+            return;
+        }
+        if !self.cur.is_empty() {
+            // `split` keeps the rest of the buffer's room for what follows.
+            self.done.push_back(self.cur.split().freeze());
+        }
+        self.done.push_back(body.clone());
+    }
+
+    fn finish(mut self) -> Encoded {
+        if !self.cur.is_empty() {
+            self.done.push_back(self.cur.freeze());
+        }
+        let remaining = self.done.iter().map(Bytes::len).sum();
+        Encoded {
+            parts: self.done,
+            remaining,
+        }
+    }
+}
+
+/// One encoded message as HTTP/2 writes it: its parts in turn (vectored where the socket can).
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    parts: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Buf for Encoded {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |b| b.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of a message");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let front = self.parts.front_mut().expect("counted bytes are there");
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in dst.iter_mut().zip(&self.parts) {
+            *slot = std::io::IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
 }
 
 /// A discovery response whose resources are appended to the encoded message straight from their shared,
@@ -54,11 +148,21 @@ fn any_len(r: &XdsResource) -> usize {
     string::encoded_len(1, &r.type_url) + bytes_field_len(2, r.bytes.len())
 }
 
-fn encode_any(r: &XdsResource, buf: &mut Vec<u8>) {
+fn encode_any(r: &XdsResource, out: &mut Parts) {
+    let buf = out.buf();
     string::encode(1, &r.type_url, buf);
     encode_key(2, WireType::LengthDelimited, buf);
     encode_varint(r.bytes.len() as u64, buf);
-    buf.extend_from_slice(&r.bytes);
+    out.body(&r.bytes);
+}
+
+/// The bytes of `resources` a message references instead of copying.
+fn shared_len(resources: &[Arc<XdsResource>]) -> usize {
+    resources
+        .iter()
+        .map(|r| r.bytes.len())
+        .filter(|&n| n >= SHARE_MIN)
+        .sum()
 }
 
 fn bytes_field_len(tag: u32, len: usize) -> usize {
@@ -82,13 +186,17 @@ impl Wire for WireResponse<DiscoveryResponse> {
                 .sum::<usize>()
     }
 
-    fn wire_encode(&self, buf: &mut Vec<u8>) {
-        // A Vec grows as needed, so encoding cannot run out of room.
-        let _ = self.head.encode(buf);
+    fn shared_len(&self) -> usize {
+        shared_len(&self.resources)
+    }
+
+    fn wire_encode(&self, out: &mut Parts) {
+        // A BytesMut grows as needed, so encoding cannot run out of room.
+        let _ = self.head.encode(out.buf());
         for r in &self.resources {
-            encode_key(RESOURCES_FIELD, WireType::LengthDelimited, buf);
-            encode_varint(any_len(r) as u64, buf);
-            encode_any(r, buf);
+            encode_key(RESOURCES_FIELD, WireType::LengthDelimited, out.buf());
+            encode_varint(any_len(r) as u64, out.buf());
+            encode_any(r, out);
         }
     }
 }
@@ -103,16 +211,21 @@ impl Wire for WireResponse<DeltaDiscoveryResponse> {
                 .sum::<usize>()
     }
 
-    fn wire_encode(&self, buf: &mut Vec<u8>) {
-        let _ = self.head.encode(buf);
+    fn shared_len(&self) -> usize {
+        shared_len(&self.resources)
+    }
+
+    fn wire_encode(&self, out: &mut Parts) {
+        let _ = self.head.encode(out.buf());
         for r in &self.resources {
+            let buf = out.buf();
             encode_key(RESOURCES_FIELD, WireType::LengthDelimited, buf);
             encode_varint(resource_len(r) as u64, buf);
             string::encode(1, &r.version, buf);
             encode_key(2, WireType::LengthDelimited, buf);
             encode_varint(any_len(r) as u64, buf);
-            encode_any(r, buf);
-            string::encode(3, &r.name, buf);
+            encode_any(r, out);
+            string::encode(3, &r.name, out.buf());
         }
     }
 }
@@ -262,7 +375,7 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
 /// A stream's responses: one HTTP/2 DATA frame per message, then the gRPC status trailers (`OK` when dropped
 /// without [`ResponseSink::close`]).
 pub(crate) struct ResponseSink<M> {
-    send: h2::SendStream<Bytes>,
+    send: h2::SendStream<Encoded>,
     done: bool,
     /// Set whenever this sink hands HTTP/2 something to write: the connection then writes it even while it
     /// holds off reading ([`super::fanout`]).
@@ -271,7 +384,7 @@ pub(crate) struct ResponseSink<M> {
 }
 
 impl<M: Wire> ResponseSink<M> {
-    pub fn new(send: h2::SendStream<Bytes>, wrote: Arc<AtomicBool>) -> Self {
+    pub fn new(send: h2::SendStream<Encoded>, wrote: Arc<AtomicBool>) -> Self {
         ResponseSink {
             send,
             done: false,
@@ -321,15 +434,21 @@ impl<M> Drop for ResponseSink<M> {
     }
 }
 
-/// One length-prefixed gRPC message in a buffer of exactly its size.
-fn encode<M: Wire>(msg: &M) -> Bytes {
+/// One length-prefixed gRPC message: its copied bytes in a buffer of exactly their size, and its long
+/// resource bodies shared.
+fn encode<M: Wire>(msg: &M) -> Encoded {
     let len = msg.wire_len();
-    let mut buf = Vec::with_capacity(PREFIX + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    msg.wire_encode(&mut buf);
-    debug_assert_eq!(buf.len(), PREFIX + len, "wire_len agrees with wire_encode");
-    Bytes::from(buf)
+    let mut out = Parts::with_capacity(PREFIX + len - msg.shared_len());
+    out.buf().put_u8(0);
+    out.buf().put_u32(len as u32);
+    msg.wire_encode(&mut out);
+    let message = out.finish();
+    debug_assert_eq!(
+        message.remaining(),
+        PREFIX + len,
+        "wire_len agrees with wire_encode"
+    );
+    message
 }
 
 /// `grpc-status` (and `grpc-message`) trailers for `status`.
@@ -355,9 +474,15 @@ mod tests {
         fn wire_len(&self) -> usize {
             self.encoded_len()
         }
-        fn wire_encode(&self, buf: &mut Vec<u8>) {
-            let _ = self.encode(buf);
+        fn wire_encode(&self, out: &mut Parts) {
+            let _ = self.encode(out.buf());
         }
+    }
+
+    /// The message's bytes, in one piece.
+    fn encode(msg: &impl Wire) -> Bytes {
+        let mut m = super::encode(msg);
+        m.copy_to_bytes(m.remaining())
     }
 
     fn resource(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
@@ -377,13 +502,30 @@ mod tests {
 
     #[test]
     fn responses_decode_as_if_prost_had_encoded_the_resources() {
-        let big = vec![7u8; 300];
-        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+        let leak = |n: usize, b: u8| -> &'static [u8] { Box::leak(vec![b; n].into_boxed_slice()) };
         let rs = vec![
             resource("a", b"\x08\x01"),
-            resource("b", big),
+            resource("b", leak(300, 7)),
+            resource("c", leak(SHARE_MIN, 8)),
             resource("", b""),
+            resource("d", leak(SHARE_MIN * 3, 9)),
         ];
+        // The long bodies go out as the resources' own bytes, between copied parts.
+        let sotw_parts = |m: &Encoded| -> Vec<*const u8> { m.parts.iter().map(|p| p.as_ptr()).collect() };
+        let wire = super::encode(&WireResponse {
+            head: DiscoveryResponse::default(),
+            resources: rs.clone(),
+        });
+        let shared = [rs[2].bytes.as_ptr(), rs[4].bytes.as_ptr()];
+        let parts = sotw_parts(&wire);
+        assert_eq!(parts.len(), 4, "copied, c, copied, d (the last field)");
+        assert_eq!([parts[1], parts[3]], shared);
+        let mut slices = [std::io::IoSlice::new(&[]); 8];
+        assert_eq!(wire.chunks_vectored(&mut slices), 4);
+        assert_eq!(
+            slices[..4].iter().map(|s| s.len()).sum::<usize>(),
+            wire.remaining()
+        );
         let sotw = WireResponse {
             head: DiscoveryResponse {
                 version_info: "7".into(),

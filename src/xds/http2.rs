@@ -14,7 +14,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use futures::task::{ArcWake, AtomicWaker};
@@ -29,7 +28,7 @@ use tracing::debug;
 use super::connection::{self, Flavor, Shared};
 use super::delta::Delta;
 use super::fanout::Mark;
-use super::grpc::{RequestStream, ResponseSink, trailers};
+use super::grpc::{Encoded, RequestStream, ResponseSink, trailers};
 use super::sotw::Sotw;
 
 /// The gRPC service name of ADS.
@@ -122,7 +121,7 @@ where
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_concurrent_streams(MAX_STREAMS)
-        .handshake::<_, Bytes>(io)
+        .handshake::<_, Encoded>(io)
         .await;
     let mut conn = match handshake {
         Ok(conn) => conn,
@@ -210,7 +209,7 @@ impl Ads {
     fn open(
         &self,
         req: Request<RecvStream>,
-        mut respond: SendResponse<Bytes>,
+        mut respond: SendResponse<Encoded>,
         wrote: &Arc<AtomicBool>,
     ) -> Option<(StreamTask, Arc<Mark>)> {
         let method = req
@@ -240,7 +239,7 @@ impl Ads {
     fn run<F: Flavor>(
         &self,
         req: Request<RecvStream>,
-        mut respond: SendResponse<Bytes>,
+        mut respond: SendResponse<Encoded>,
         wrote: &Arc<AtomicBool>,
     ) -> Option<(StreamTask, Arc<Mark>)> {
         let (parts, body) = req.into_parts();
