@@ -72,24 +72,35 @@ pub struct Generator {
 /// Number of a [`ViewKey`] within one generator.
 type ViewId = u32;
 
+/// The types generated per view, in [`type_url::PUSH_ORDER`] (secrets are per proxy).
+const VIEW_TYPES: [&str; 4] = [
+    type_url::CLUSTER,
+    type_url::ENDPOINT,
+    type_url::LISTENER,
+    type_url::ROUTE,
+];
+
+/// A view's set of each of [`VIEW_TYPES`], filled by the first stream that asks; the others that ask
+/// meanwhile wait for it rather than repeat the work.
+type Slots = [Arc<OnceLock<ResourceSet>>; 4];
+
 /// What one generator has worked out: each view's resources, and each stream's view. Every push asks the
-/// generator for every stream, so a stream's view is worked out once per snapshot (its Pod's labels, the
-/// key) and afterwards found by stream id.
+/// generator for every stream and type, so a stream's view is worked out once per snapshot (its Pod's
+/// labels, the key) and afterwards found by stream id, and a set by the type's index.
 #[derive(Default)]
 struct Cache {
     ids: HashMap<ViewKey, ViewId>,
-    keys: Vec<ViewKey>,
+    /// By [`ViewId`].
+    views: Vec<(ViewKey, Slots)>,
     /// Per stream ([`Proxy::conn_id`]).
     streams: HashMap<u64, ViewId>,
-    /// Filled by the first stream that asks; the others ask at once wait for it rather than repeat the work.
-    sets: HashMap<(&'static str, ViewId), Arc<OnceLock<ResourceSet>>>,
     /// The previous generator's sets when this snapshot only moved endpoints, taken out as they are used.
     earlier: Option<Earlier>,
 }
 
 /// What a generator inherits from the one before it.
 struct Earlier {
-    sets: HashMap<ViewKey, Vec<(&'static str, ResourceSet)>>,
+    sets: HashMap<ViewKey, [Option<ResourceSet>; 4]>,
     /// The services whose endpoints differ.
     moved: Vec<MovedService>,
 }
@@ -99,19 +110,18 @@ impl Cache {
         if let Some(&id) = self.ids.get(&key) {
             return id;
         }
-        let id = self.keys.len() as ViewId;
-        self.keys.push(key.clone());
+        let id = self.views.len() as ViewId;
+        self.views.push((key.clone(), Slots::default()));
         self.ids.insert(key, id);
         id
     }
 
-    /// What the earlier generator left for `type_url` in view `id`, and how it carries over.
-    fn carried(&mut self, type_url: &str, id: ViewId) -> Option<(ResourceSet, Carry)> {
+    /// What the earlier generator left for type `t` (of [`VIEW_TYPES`]) in view `id`, and how it carries over.
+    fn carried(&mut self, t: usize, id: ViewId) -> Option<(ResourceSet, Carry)> {
         let earlier = self.earlier.as_mut()?;
-        let key = &self.keys[id as usize];
-        let sets = earlier.sets.get_mut(key)?;
-        let at = sets.iter().position(|(t, _)| *t == type_url)?;
-        Some((sets.swap_remove(at).1, carry(type_url, key, &earlier.moved)))
+        let key = &self.views[id as usize].0;
+        let set = earlier.sets.get_mut(key)?[t].take()?;
+        Some((set, carry(VIEW_TYPES[t], key, &earlier.moved)))
     }
 }
 
@@ -171,16 +181,13 @@ impl Generator {
         let Some(moved) = self.snapshot.moved_since(&previous.snapshot) else {
             return self;
         };
-        let mut sets: HashMap<ViewKey, Vec<(&'static str, ResourceSet)>> = HashMap::new();
-        {
-            let prev = previous.cache.lock();
-            for ((t, id), slot) in &prev.sets {
-                if let Some(set) = slot.get() {
-                    let key = &prev.keys[*id as usize];
-                    sets.entry(key.clone()).or_default().push((t, set.clone()));
-                }
-            }
-        }
+        let sets = previous
+            .cache
+            .lock()
+            .views
+            .iter()
+            .map(|(key, slots)| (key.clone(), slots.each_ref().map(|s| s.get().cloned())))
+            .collect();
         self.cache.lock().earlier = Some(Earlier { sets, moved });
         self
     }
@@ -255,10 +262,10 @@ fn encoded<M: prost::Message + prost::Name>(
 }
 
 impl Generator {
-    /// The set of `type_url` for view `id`, whose first asker is described by `meta`: carried over from the
+    /// The set of type `t` (of [`VIEW_TYPES`]) for view `id`, whose first asker is described by `meta`: carried over from the
     /// earlier generator where the moved endpoints leave it alone, else generated.
-    fn view_set(&self, type_url: &'static str, id: ViewId, meta: ProxyMeta) -> ResourceSet {
-        let carried = self.cache.lock().carried(type_url, id);
+    fn view_set(&self, t: usize, id: ViewId, meta: ProxyMeta) -> ResourceSet {
+        let carried = self.cache.lock().carried(t, id);
         match carried {
             Some((set, Carry::Same)) => set,
             Some((set, Carry::Endpoints(moved))) => {
@@ -279,7 +286,10 @@ impl Generator {
                         .collect(),
                 )
             }
-            _ => ResourceSet::new(encode_all(&ProxyScope::new(&self.snapshot, meta), type_url)),
+            _ => ResourceSet::new(encode_all(
+                &ProxyScope::new(&self.snapshot, meta),
+                VIEW_TYPES[t],
+            )),
         }
     }
 }
@@ -295,17 +305,13 @@ impl Generate for Generator {
                 _ => ResourceSet::default(),
             };
         }
-        let static_type = type_url::PUSH_ORDER
-            .iter()
-            .copied()
-            .find(|t| *t == type_url);
-        let Some(static_type) = static_type else {
+        let Some(t) = VIEW_TYPES.iter().position(|v| *v == type_url) else {
             return ResourceSet::default();
         };
         let known = {
             let cache = self.cache.lock();
             let id = cache.streams.get(&proxy.conn_id).copied();
-            let slot = id.and_then(|id| cache.sets.get(&(static_type, id)));
+            let slot = id.map(|id| &cache.views[id as usize].1[t]);
             if let Some(set) = slot.and_then(|slot| slot.get()) {
                 return set.clone();
             }
@@ -322,17 +328,10 @@ impl Generate for Generator {
                 id
             }
         };
-        let slot = self
-            .cache
-            .lock()
-            .sets
-            .entry((static_type, id))
-            .or_default()
-            .clone();
+        let slot = self.cache.lock().views[id as usize].1[t].clone();
         // Generated outside the cache lock. A stream asking for the same view meanwhile waits on the slot: a
         // push asks for every stream at once, and the work is the same for all of them.
-        slot.get_or_init(|| self.view_set(static_type, id, meta))
-            .clone()
+        slot.get_or_init(|| self.view_set(t, id, meta)).clone()
     }
 }
 

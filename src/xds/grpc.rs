@@ -511,7 +511,8 @@ mod tests {
             resource("d", leak(SHARE_MIN * 3, 9)),
         ];
         // The long bodies go out as the resources' own bytes, between copied parts.
-        let sotw_parts = |m: &Encoded| -> Vec<*const u8> { m.parts.iter().map(|p| p.as_ptr()).collect() };
+        let sotw_parts =
+            |m: &Encoded| -> Vec<*const u8> { m.parts.iter().map(|p| p.as_ptr()).collect() };
         let wire = super::encode(&WireResponse {
             head: DiscoveryResponse::default(),
             resources: rs.clone(),
