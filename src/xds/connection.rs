@@ -387,7 +387,7 @@ impl ConnState {
         };
         let sync_hold = tokio::time::sleep(SYNC_HOLD);
         tokio::pin!(sync_hold);
-        if !self.handle::<F>(first, &ctx_rx, &mut out).await {
+        if !Box::pin(self.handle::<F>(first, &ctx_rx, &mut out)).await {
             return;
         }
         let mut permit: Option<PermitFuture> = None;
@@ -401,7 +401,7 @@ impl ConnState {
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
-                        if !self.handle::<F>(req, &ctx_rx, &mut out).await {
+                        if !Box::pin(self.handle::<F>(req, &ctx_rx, &mut out)).await {
                             break;
                         }
                         if syncing.is_some() && self.synced() {
@@ -430,7 +430,7 @@ impl ConnState {
                 }, if permit.is_some() => {
                     permit = None;
                     let Ok(permit) = granted else { break };
-                    if !self.push_latest::<F>(&mut ctx_rx, &mut out, permit).await {
+                    if !Box::pin(self.push_latest::<F>(&mut ctx_rx, &mut out, permit)).await {
                         break;
                     }
                 }
@@ -442,7 +442,7 @@ impl ConnState {
                     // Pushes are short, so a permit is usually free: take it without queueing.
                     match self.shared.push_permits.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            if !self.push_latest::<F>(&mut ctx_rx, &mut out, permit).await {
+                            if !Box::pin(self.push_latest::<F>(&mut ctx_rx, &mut out, permit)).await {
                                 break;
                             }
                         }

@@ -232,12 +232,16 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, ads: Arc<Ads>) {
     }
     match tls {
         None => http2::serve(tcp, ads).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => http2::serve(stream, ads).await,
-                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                Err(_) => debug!("TLS handshake timed out"),
-            }
-        }
+        // Boxed: a connection's task is as large as its largest state, and the TLS one (rustls inline)
+        // would make every plaintext connection pay for it.
+        Some(acceptor) => Box::pin(serve_tls(tcp, acceptor, ads)).await,
+    }
+}
+
+async fn serve_tls(tcp: TcpStream, acceptor: TlsAcceptor, ads: Arc<Ads>) {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => http2::serve(stream, ads).await,
+        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+        Err(_) => debug!("TLS handshake timed out"),
     }
 }
