@@ -58,13 +58,19 @@ async fn wait_type(
     let found = server
         .registry
         .wait_for(WAIT, |c: &[ConnectionStatus]| {
-            c.iter().any(|c| c.types.get(type_url).is_some_and(&cond))
+            c.iter()
+                .any(|c| c.types.get(type_url).is_some_and(|t| cond(t)))
         })
         .await
         .unwrap_or_else(|last| panic!("condition on {type_url} not met; registry: {last:#?}"));
     found
         .iter()
-        .find_map(|c| c.types.get(type_url).filter(|t| cond(t)).cloned())
+        .find_map(|c| {
+            c.types
+                .get(type_url)
+                .filter(|t| cond(t))
+                .map(|t| (**t).clone())
+        })
         .unwrap()
 }
 

@@ -195,11 +195,11 @@ impl ConnState {
                 continue;
             };
             match entry.types.get_mut(type_url) {
-                Some(status) => status.clone_from(&state.status),
+                Some(status) => (**status).clone_from(&state.status),
                 None => {
                     entry
                         .types
-                        .insert(type_url.to_owned(), state.status.clone());
+                        .insert(type_url.to_owned(), Box::new(state.status.clone()));
                 }
             }
         }

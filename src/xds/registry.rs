@@ -276,7 +276,8 @@ pub struct ConnectionStatus {
     /// Generation last pushed (or seen) by this stream.
     pub generation: Option<u64>,
     /// Per type URL state.
-    pub types: BTreeMap<String, TypeStatus>,
+    /// Boxed: a map node holds room for eleven values, and a stream has four types.
+    pub types: BTreeMap<String, Box<TypeStatus>>,
 }
 
 /// One connection's published state, written by its stream only.
