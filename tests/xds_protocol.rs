@@ -301,7 +301,7 @@ async fn pushes_only_what_changed_in_make_before_break_order() {
     publisher.publish(base());
     c.expect_none(QUIET).await;
 
-    // Endpoint-only generation: EDS only.
+    // Only endpoints changed: only EDS is sent.
     let mut g = base();
     g.set(endpoints("a", &[ep(2001)]));
     publisher.publish(g.clone());
