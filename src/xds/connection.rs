@@ -387,6 +387,8 @@ impl ConnState {
         };
         let sync_hold = tokio::time::sleep(SYNC_HOLD);
         tokio::pin!(sync_hold);
+        // Handling a request and pushing are boxed where they are awaited: inline, this future (alive as long
+        // as the stream) would keep room for their states between turns.
         if !Box::pin(self.handle::<F>(first, &ctx_rx, &mut out)).await {
             return;
         }
