@@ -94,6 +94,9 @@ struct Cache {
     views: Vec<(ViewKey, Slots)>,
     /// Per stream ([`Proxy::conn_id`]).
     streams: HashMap<u64, ViewId>,
+    /// The previous generator's streams, when the pods are the same (a stream's view depends on nothing
+    /// else): moved to `streams` as they ask, so streams gone since are forgotten with this generator.
+    inherited: HashMap<u64, ViewId>,
     /// The previous generator's sets when this snapshot only moved endpoints, taken out as they are used.
     earlier: Option<Earlier>,
 }
@@ -114,6 +117,16 @@ impl Cache {
         self.views.push((key.clone(), Slots::default()));
         self.ids.insert(key, id);
         id
+    }
+
+    /// The view of stream `conn`, if known here or to the previous generator.
+    fn stream(&mut self, conn: u64) -> Option<ViewId> {
+        if let Some(&id) = self.streams.get(&conn) {
+            return Some(id);
+        }
+        let id = self.inherited.remove(&conn)?;
+        self.streams.insert(conn, id);
+        Some(id)
     }
 
     /// What the earlier generator left for type `t` (of [`VIEW_TYPES`]) in view `id`, and how it carries over.
@@ -177,18 +190,29 @@ impl Generator {
     /// Reuses what `previous` generated when this snapshot differs from its snapshot only in endpoints (and
     /// pods): sets that do not read the moved endpoints are carried over as they are, and a view's load
     /// assignments are regenerated only for the services that moved. Otherwise everything is generated anew.
+    ///
+    /// When the pods are the same, each stream's view is carried over too (found by stream id, not worked
+    /// out again from the proxy's node and Pod).
     pub fn following(self, previous: &Generator) -> Self {
-        let Some(moved) = self.snapshot.moved_since(&previous.snapshot) else {
-            return self;
-        };
-        let sets = previous
-            .cache
-            .lock()
-            .views
-            .iter()
-            .map(|(key, slots)| (key.clone(), slots.each_ref().map(|s| s.get().cloned())))
-            .collect();
-        self.cache.lock().earlier = Some(Earlier { sets, moved });
+        let moved = self.snapshot.moved_since(&previous.snapshot);
+        let same_pods = self.snapshot.workloads == previous.snapshot.workloads;
+        {
+            let prev = previous.cache.lock();
+            let mut cache = self.cache.lock();
+            if same_pods {
+                cache.ids = prev.ids.clone();
+                cache.views = (prev.views.iter())
+                    .map(|(key, _)| (key.clone(), Slots::default()))
+                    .collect();
+                cache.inherited = prev.streams.clone();
+            }
+            if let Some(moved) = moved {
+                let sets = (prev.views.iter())
+                    .map(|(key, slots)| (key.clone(), slots.each_ref().map(|s| s.get().cloned())))
+                    .collect();
+                cache.earlier = Some(Earlier { sets, moved });
+            }
+        }
         self
     }
 
@@ -309,8 +333,8 @@ impl Generate for Generator {
             return ResourceSet::default();
         };
         let known = {
-            let cache = self.cache.lock();
-            let id = cache.streams.get(&proxy.conn_id).copied();
+            let mut cache = self.cache.lock();
+            let id = cache.stream(proxy.conn_id);
             let slot = id.map(|id| &cache.views[id as usize].1[t]);
             if let Some(set) = slot.and_then(|slot| slot.get()) {
                 return set.clone();
@@ -358,7 +382,10 @@ mod tests {
             + &pod("app-2", "app", "10.0.0.6", 8080, "app")
             + &pod("db-1", "db", "10.0.0.7", 5432, "db")
             + &pod("odd-1", "app", "10.0.0.8", 9090, "app")
-            + r#"
+            + APP_SERVICE
+    }
+
+    const APP_SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: app, namespace: shop}
@@ -366,8 +393,7 @@ spec:
   clusterIP: 10.96.0.5
   selector: {app: app}
   ports: [{name: http, port: 80, targetPort: 8080}]
-"#
-    }
+"#;
 
     fn proxy(pod: &str, ip: &str, conn_id: u64) -> Proxy {
         let node = Node {
@@ -441,6 +467,29 @@ spec:
         for p in [&a1, &a2, &db, &odd] {
             assert_whole(&g, p);
         }
+    }
+
+    #[test]
+    fn a_stream_keeps_its_view_while_the_pods_stay_and_follows_its_pod_when_it_changes() {
+        let mesh = |port: u16| pod("app-1", "app", "10.0.0.5", port, "app") + APP_SERVICE;
+        let a1 = proxy("app-1", "10.0.0.5", 1);
+        let g1 = generator(&mesh(8080), None);
+        let c1 = g1.generate(&a1, type_url::CLUSTER);
+        // The same pods (a config change elsewhere would do too): the stream's view is the one it had.
+        let g2 = generator(&mesh(8080), Some(&g1));
+        assert_eq!(g2.cache.lock().inherited.get(&1), Some(&0));
+        let c2 = g2.generate(&a1, type_url::CLUSTER);
+        assert_eq!(names(c2.items()), names(c1.items()));
+        assert!(g2.cache.lock().inherited.is_empty(), "taken on first ask");
+        // Its Pod now declares another port: a new view, with that port's inbound cluster.
+        let g3 = generator(&mesh(7070), Some(&g2));
+        assert!(g3.cache.lock().inherited.is_empty());
+        assert!(
+            g3.generate(&a1, type_url::CLUSTER)
+                .get("inbound|7070||")
+                .is_some()
+        );
+        assert_whole(&g3, &a1);
     }
 
     /// `web` (ClusterIP) and `db` (headless) with endpoints from slices; their pods set the service accounts.
