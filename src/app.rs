@@ -142,7 +142,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Bound> {
             Ok(())
         });
     }
-    let first = builder::build_now(&store, 1);
+    let first = builder::build_now(&store, 1, None);
     tracing::info!(
         build_ms = first.build_time.as_millis() as u64,
         "{}",

@@ -1,11 +1,12 @@
 //! The bench's mesh through rudder's real pipeline: Services and EndpointSlices, built into a `Snapshot` (as the
-//! snapshot builder does after a change) and translated by the real `Generator` (per-proxy view keys, encoding
-//! once per view). `--generator static` instead serves pre-encoded resources, which measures the ADS server
-//! alone.
+//! snapshot builder does after a change, reusing the services whose endpoints did not move) and translated by
+//! the real `Generator` (per-proxy view keys, encoding once per view). `--generator static` instead serves
+//! pre-encoded resources, which measures the ADS server alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rudder::config::store::Changes;
 use rudder::config::{Object, ObjectKey};
 use rudder::envoy::Generator;
 use rudder::model::Snapshot;
@@ -19,6 +20,8 @@ pub struct RealMesh {
     index: HashMap<ObjectKey, usize>,
     /// The generator last published.
     last: Option<Arc<Generator>>,
+    /// What changed since then (as the store reports it to the snapshot builder).
+    changes: Changes,
 }
 
 fn service(name: &str, ns: &str) -> String {
@@ -60,6 +63,7 @@ impl RealMesh {
             objects: Vec::new(),
             index: HashMap::new(),
             last: None,
+            changes: Changes::default(),
         };
         mesh.apply(&yaml);
         mesh
@@ -68,6 +72,8 @@ impl RealMesh {
     /// Adds or replaces the objects in `yaml`.
     fn apply(&mut self, yaml: &str) {
         for obj in objects_from_yaml(yaml) {
+            self.changes.kinds.insert(obj.kind());
+            self.changes.keys.insert(obj.key());
             match self.index.get(&obj.key()) {
                 Some(&at) => self.objects[at] = obj,
                 None => {
@@ -93,7 +99,13 @@ impl RealMesh {
     /// A generator over a snapshot of the mesh now, built as the snapshot builder builds one and following
     /// the previous generator, as the app does.
     pub fn generator(&mut self, version: u64) -> Arc<Generator> {
-        let mut g = Generator::new(Arc::new(Snapshot::build(
+        let changes = std::mem::take(&mut self.changes);
+        let earlier = self
+            .last
+            .as_ref()
+            .map(|g| (g.snapshot().as_ref(), &changes));
+        let mut g = Generator::new(Arc::new(Snapshot::build_after(
+            earlier,
             version,
             &self.objects,
             Vec::new(),

@@ -128,6 +128,14 @@ impl Store {
         std::mem::take(&mut self.inner.write().pending)
     }
 
+    /// Takes (and resets) the changes since the last call together with every stored object, at one instant:
+    /// the objects are exactly the earlier ones with the changes applied.
+    pub fn take_changes_and_objects(&self) -> (Changes, Vec<Object>) {
+        let mut inner = self.inner.write();
+        let changes = std::mem::take(&mut inner.pending);
+        (changes, inner.objects.values().cloned().collect())
+    }
+
     /// The changes accumulated since the last `take_changes`, without resetting them.
     pub fn peek_changes(&self) -> Changes {
         self.inner.read().pending.clone()

@@ -37,11 +37,17 @@ pub struct Built {
     pub debounce_time: Duration,
 }
 
-/// Builds the first snapshot right away.
-pub fn build_now(store: &Store, version: u64) -> Built {
+/// Builds a snapshot of the store now; `earlier` is the snapshot built before (its services whose endpoints
+/// did not change are reused).
+pub fn build_now(store: &Store, version: u64, earlier: Option<&Snapshot>) -> Built {
     let start = Instant::now();
-    let changes = store.take_changes();
-    let snapshot = Snapshot::build(version, &store.objects(), store.problems());
+    let (changes, objects) = store.take_changes_and_objects();
+    let snapshot = Snapshot::build_after(
+        earlier.map(|s| (s, &changes)),
+        version,
+        &objects,
+        store.problems(),
+    );
     Built {
         snapshot: Arc::new(snapshot),
         changes,
@@ -78,7 +84,8 @@ pub async fn run(store: Arc<Store>, debounce: Debounce, tx: watch::Sender<Arc<Bu
         rx.borrow_and_update();
         let debounce_time = first.elapsed();
         version += 1;
-        let mut built = build_now(&store, version);
+        let earlier = tx.borrow().snapshot.clone();
+        let mut built = build_now(&store, version, Some(&earlier));
         built.debounce_time = debounce_time;
         tracing::info!(
             build_ms = built.build_time.as_millis() as u64,

@@ -15,7 +15,7 @@ use super::workload::Workload;
 use crate::config::Object;
 
 /// Label EndpointSlices carry to name their Service.
-const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
 /// Services and their endpoints, indexed for the generators.
 #[derive(Debug, Default, Clone)]
@@ -37,9 +37,23 @@ pub struct Inputs<'a> {
     pub workloads: &'a [Arc<Workload>],
 }
 
+/// An earlier registry whose Kubernetes services, and their endpoints, are still current except for the
+/// services named in `changed`: only those are built anew.
+pub struct Reuse<'a> {
+    pub earlier: &'a Registry,
+    /// `(namespace, name)` of Kubernetes Services whose endpoint objects changed.
+    pub changed: &'a BTreeSet<(String, String)>,
+}
+
 impl Registry {
     /// Builds the registry. `domain` is the cluster DNS suffix (`cluster.local`).
     pub fn build(inputs: &Inputs<'_>, domain: &str) -> Registry {
+        Self::build_reusing(inputs, domain, None)
+    }
+
+    /// Builds the registry, taking each Kubernetes service `reuse` vouches for from its earlier registry as it
+    /// is (the same `Arc`s) instead of converting it and resolving its endpoints again.
+    pub fn build_reusing(inputs: &Inputs<'_>, domain: &str, reuse: Option<&Reuse<'_>>) -> Registry {
         let mut reg = Registry::default();
         let pods_by_ip: HashMap<&str, &Arc<Workload>> = inputs
             .workloads
@@ -81,6 +95,12 @@ impl Registry {
             .collect();
 
         for svc in &inputs.services {
+            if let Some(reuse) = reuse
+                && let Some(i) = reuse.unchanged(svc, domain)
+            {
+                reg.insert_from(reuse.earlier, i);
+                continue;
+            }
             let Some(service) = kube_service(svc, domain) else {
                 continue;
             };
@@ -142,6 +162,22 @@ impl Registry {
             .or_default()
             .push(idx);
         self.services.push(Arc::new(service));
+    }
+
+    /// Adds service `i` of `earlier` with its endpoints, shared.
+    fn insert_from(&mut self, earlier: &Registry, i: usize) {
+        let idx = self.services.len();
+        let service = &earlier.services[i];
+        for p in &service.ports {
+            if let Some(eps) = earlier.endpoints.get(&(i, p.port)) {
+                self.endpoints.insert((idx, p.port), eps.clone());
+            }
+        }
+        self.by_host
+            .entry(service.hostname.clone())
+            .or_default()
+            .push(idx);
+        self.services.push(service.clone());
     }
 
     /// Sorts the index lists so lookups are deterministic (first-defined ServiceEntry wins ties).
@@ -237,6 +273,26 @@ impl Registry {
             .flat_map(|eps| eps.iter())
             .map(|e| (e.namespace.as_str(), e.service_account.as_str()))
             .collect()
+    }
+}
+
+impl Reuse<'_> {
+    /// The index in the earlier registry of Kubernetes Service `svc`, unless its endpoints changed.
+    fn unchanged(&self, svc: &core::Service, domain: &str) -> Option<usize> {
+        let (ns, name) = (
+            svc.metadata.namespace.as_deref()?,
+            svc.metadata.name.as_deref()?,
+        );
+        // Few services change at once: a scan, not a lookup that would allocate a key per service.
+        if self.changed.iter().any(|(n, m)| n == ns && m == name) {
+            return None;
+        }
+        let host = format!("{name}.{ns}.svc.{domain}");
+        let earlier = self.earlier;
+        earlier.by_host.get(&host)?.iter().copied().find(|&i| {
+            let s = &earlier.services[i];
+            s.origin == Origin::Kubernetes && s.namespace == ns && s.name == name
+        })
     }
 }
 

@@ -1,14 +1,15 @@
 //! The immutable snapshot ("push context"): everything the generators read, indexed once per build and shared by
 //! `Arc`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::registry::{Inputs, MovedService, Registry};
+use super::registry::{Inputs, MovedService, Registry, Reuse, SLICE_SERVICE_LABEL};
 use super::workload::Workload;
 use crate::config::mesh::MeshConfig;
+use crate::config::store::Changes;
 use crate::config::{ConfigError, Kind, Object, Severity};
 
 /// The cluster DNS suffix services are named under (istiod's `--domain`).
@@ -57,6 +58,37 @@ fn not_translated(kind: Kind) -> Option<&'static str> {
     })
 }
 
+/// The Kubernetes services `(namespace, name)` whose endpoint objects `changes` touched, when it touched only
+/// EndpointSlices and Endpoints and each one's service is known (a deleted slice's is not: `None`).
+fn endpoint_services(changes: &Changes, objects: &[Object]) -> Option<BTreeSet<(String, String)>> {
+    let endpoint_kinds = [Kind::EndpointSlice, Kind::Endpoints];
+    if changes.kinds.is_empty() || !changes.kinds.iter().all(|k| endpoint_kinds.contains(k)) {
+        return None;
+    }
+    let mut services = BTreeSet::new();
+    for key in &changes.keys {
+        let name = match key.kind {
+            Kind::Endpoints => key.name.clone(),
+            _ => {
+                let slice = objects.iter().find(|o| {
+                    let meta = o.meta();
+                    o.kind() == key.kind
+                        && meta.name.as_deref() == Some(key.name.as_str())
+                        && meta.namespace.as_deref().unwrap_or_default() == key.namespace
+                })?;
+                slice
+                    .meta()
+                    .labels
+                    .as_ref()?
+                    .get(SLICE_SERVICE_LABEL)?
+                    .clone()
+            }
+        };
+        services.insert((key.namespace.clone(), name));
+    }
+    Some(services)
+}
+
 /// Counts for the one-line log and the debug API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -90,7 +122,35 @@ impl std::fmt::Display for Summary {
 
 impl Snapshot {
     /// Builds a snapshot from every stored object and the problems the sources reported.
-    pub fn build(version: u64, objects: &[Object], mut problems: Vec<ConfigError>) -> Snapshot {
+    pub fn build(version: u64, objects: &[Object], problems: Vec<ConfigError>) -> Snapshot {
+        Self::build_after(None, version, objects, problems)
+    }
+
+    /// Builds a snapshot, reusing `earlier` (the snapshot of the objects before `changes`) when only
+    /// EndpointSlices and Endpoints changed: every Kubernetes service they do not belong to is taken from it
+    /// as it is, with its endpoints, instead of converted and resolved again.
+    pub fn build_after(
+        earlier: Option<(&Snapshot, &Changes)>,
+        version: u64,
+        objects: &[Object],
+        problems: Vec<ConfigError>,
+    ) -> Snapshot {
+        let changed = earlier.and_then(|(_, changes)| endpoint_services(changes, objects));
+        let reuse = earlier
+            .zip(changed.as_ref())
+            .map(|((snapshot, _), changed)| Reuse {
+                earlier: &snapshot.registry,
+                changed,
+            });
+        Self::build_reusing(version, objects, problems, reuse.as_ref())
+    }
+
+    fn build_reusing(
+        version: u64,
+        objects: &[Object],
+        mut problems: Vec<ConfigError>,
+        reuse: Option<&Reuse<'_>>,
+    ) -> Snapshot {
         let mut mesh = MeshConfig::default();
         let mut namespaces = BTreeMap::new();
         let mut workloads = Vec::new();
@@ -147,7 +207,7 @@ impl Snapshot {
             }
         }
         inputs.workloads = &workloads;
-        let registry = Registry::build(&inputs, DOMAIN_SUFFIX);
+        let registry = Registry::build_reusing(&inputs, DOMAIN_SUFFIX, reuse);
         drop(inputs);
         Snapshot {
             version,
@@ -231,5 +291,129 @@ impl Snapshot {
                 .filter(|p| p.severity == Severity::Warning)
                 .count(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ObjectKey;
+    use crate::test_helpers::mesh::objects_from_yaml;
+
+    /// `web` with a slice, `api` with an Endpoints object, `app` with neither (its pods), `ext` an
+    /// ExternalName, and a WorkloadEntry `web` selects.
+    fn mesh(web_ip: &str, api_ip: &str, app_slice: Option<&str>) -> Vec<Object> {
+        let service = |name: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{clusterIP: 10.96.0.{}, selector: {{app: {name}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n",
+                name.len()
+            )
+        };
+        let slice = |name: &str, ip: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+                 endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n---\n"
+            )
+        };
+        let mut yaml = service("web") + &service("api") + &service("app") + &slice("web", web_ip);
+        yaml += &format!(
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: api, namespace: shop}}\n\
+             subsets: [{{addresses: [{{ip: \"{api_ip}\"}}], ports: [{{name: http, port: 8080}}]}}]\n---\n"
+        );
+        yaml += "apiVersion: v1\nkind: Pod\nmetadata: {name: app-1, namespace: shop, labels: {app: app}}\n\
+                 spec: {containers: [{name: c, ports: [{containerPort: 8080}]}]}\n\
+                 status: {phase: Running, podIP: 10.0.0.9}\n---\n";
+        yaml += "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\n\
+                 spec: {type: ExternalName, externalName: example.com, ports: [{name: http, port: 80}]}\n---\n";
+        yaml += "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: shop}\n\
+                 spec: {address: 10.9.0.1, labels: {app: web}}\n---\n";
+        if let Some(ip) = app_slice {
+            yaml += &slice("app", ip);
+        }
+        objects_from_yaml(&yaml)
+    }
+
+    fn changes(keys: &[(Kind, &str)]) -> Changes {
+        Changes {
+            kinds: keys.iter().map(|(k, _)| *k).collect(),
+            keys: keys
+                .iter()
+                .map(|(k, name)| ObjectKey::new(*k, "shop", *name))
+                .collect(),
+        }
+    }
+
+    /// Building after `earlier` gives what building whole gives; returns how many services were reused.
+    fn same_as_whole(earlier: &Snapshot, changes: &Changes, objects: &[Object]) -> usize {
+        let whole = Snapshot::build(2, objects, Vec::new());
+        let after = Snapshot::build_after(Some((earlier, changes)), 2, objects, Vec::new());
+        assert_eq!(
+            after.registry.moved_since(&whole.registry).map(|m| m.len()),
+            Some(0),
+            "same services and endpoints"
+        );
+        assert_eq!(
+            after.registry.endpoint_count(),
+            whole.registry.endpoint_count()
+        );
+        let before = earlier.registry.services();
+        after
+            .registry
+            .services()
+            .iter()
+            .filter(|s| before.iter().any(|b| Arc::ptr_eq(b, s)))
+            .count()
+    }
+
+    #[test]
+    fn a_build_after_endpoint_changes_reuses_the_other_services_and_equals_a_whole_build() {
+        let base = mesh("10.1.0.1", "10.2.0.1", None);
+        let earlier = Snapshot::build(1, &base, Vec::new());
+        let kube_services = 4;
+
+        // web's slice moves: web (and its WorkloadEntry endpoint) rebuilt, the other three reused.
+        let objects = mesh("10.1.0.2", "10.2.0.1", None);
+        let reused = same_as_whole(
+            &earlier,
+            &changes(&[(Kind::EndpointSlice, "web-1")]),
+            &objects,
+        );
+        assert_eq!(reused, kube_services - 1);
+
+        // api's Endpoints object moves.
+        let objects = mesh("10.1.0.1", "10.2.0.2", None);
+        let reused = same_as_whole(&earlier, &changes(&[(Kind::Endpoints, "api")]), &objects);
+        assert_eq!(reused, kube_services - 1);
+
+        // app gets a slice: its endpoints now come from it, not its pods.
+        let objects = mesh("10.1.0.1", "10.2.0.1", Some("10.3.0.1"));
+        let reused = same_as_whole(
+            &earlier,
+            &changes(&[(Kind::EndpointSlice, "app-1")]),
+            &objects,
+        );
+        assert_eq!(reused, kube_services - 1);
+
+        // A slice deleted (its service unknown), or any other kind changed: built whole.
+        let with_app = Snapshot::build(
+            1,
+            &mesh("10.1.0.1", "10.2.0.1", Some("10.3.0.1")),
+            Vec::new(),
+        );
+        let reused = same_as_whole(
+            &with_app,
+            &changes(&[(Kind::EndpointSlice, "app-1")]),
+            &base,
+        );
+        assert_eq!(reused, 0);
+        let reused = same_as_whole(
+            &earlier,
+            &changes(&[(Kind::EndpointSlice, "web-1"), (Kind::Pod, "app-1")]),
+            &mesh("10.1.0.2", "10.2.0.1", None),
+        );
+        assert_eq!(reused, 0);
     }
 }
