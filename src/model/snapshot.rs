@@ -10,7 +10,7 @@ use super::registry::{Inputs, MovedService, Registry, Reuse, SLICE_SERVICE_LABEL
 use super::workload::Workload;
 use crate::config::mesh::MeshConfig;
 use crate::config::store::Changes;
-use crate::config::{ConfigError, Kind, Object, Severity};
+use crate::config::{ConfigError, Kind, Object, ObjectKey, Severity};
 
 /// The cluster DNS suffix services are named under (istiod's `--domain`).
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
@@ -32,6 +32,8 @@ pub struct Snapshot {
     configs: BTreeMap<Kind, Vec<Object>>,
     /// Problems reported by sources and by the build itself.
     pub problems: Vec<ConfigError>,
+    /// The EndpointSlices built from (shared): which service a changed or deleted slice belonged to.
+    slices: Vec<Object>,
 }
 
 /// Kinds rudder stores (validated, shown in debug) but does not turn into Envoy config yet, with what that means
@@ -59,32 +61,41 @@ fn not_translated(kind: Kind) -> Option<&'static str> {
 }
 
 /// The Kubernetes services `(namespace, name)` whose endpoint objects `changes` touched, when it touched only
-/// EndpointSlices and Endpoints and each one's service is known (a deleted slice's is not: `None`).
-fn endpoint_services(changes: &Changes, objects: &[Object]) -> Option<BTreeSet<(String, String)>> {
+/// EndpointSlices and Endpoints. A slice counts for the service it names now and the one it named in
+/// `earlier` (a relabelled or deleted slice leaves the latter).
+fn endpoint_services(
+    earlier: &Snapshot,
+    changes: &Changes,
+    objects: &[Object],
+) -> Option<BTreeSet<(String, String)>> {
     let endpoint_kinds = [Kind::EndpointSlice, Kind::Endpoints];
     if changes.kinds.is_empty() || !changes.kinds.iter().all(|k| endpoint_kinds.contains(k)) {
         return None;
     }
+    let service_of = |objects: &[Object], key: &ObjectKey| -> Option<String> {
+        let slice = objects.iter().find(|o| {
+            let meta = o.meta();
+            o.kind() == key.kind
+                && meta.name.as_deref() == Some(key.name.as_str())
+                && meta.namespace.as_deref().unwrap_or_default() == key.namespace
+        })?;
+        slice
+            .meta()
+            .labels
+            .as_ref()?
+            .get(SLICE_SERVICE_LABEL)
+            .cloned()
+    };
     let mut services = BTreeSet::new();
     for key in &changes.keys {
-        let name = match key.kind {
-            Kind::Endpoints => key.name.clone(),
-            _ => {
-                let slice = objects.iter().find(|o| {
-                    let meta = o.meta();
-                    o.kind() == key.kind
-                        && meta.name.as_deref() == Some(key.name.as_str())
-                        && meta.namespace.as_deref().unwrap_or_default() == key.namespace
-                })?;
-                slice
-                    .meta()
-                    .labels
-                    .as_ref()?
-                    .get(SLICE_SERVICE_LABEL)?
-                    .clone()
-            }
+        let names: Vec<String> = match key.kind {
+            Kind::Endpoints => vec![key.name.clone()],
+            _ => [service_of(objects, key), service_of(&earlier.slices, key)]
+                .into_iter()
+                .flatten()
+                .collect(),
         };
-        services.insert((key.namespace.clone(), name));
+        services.extend(names.into_iter().map(|n| (key.namespace.clone(), n)));
     }
     Some(services)
 }
@@ -127,15 +138,16 @@ impl Snapshot {
     }
 
     /// Builds a snapshot, reusing `earlier` (the snapshot of the objects before `changes`) when only
-    /// EndpointSlices and Endpoints changed: every Kubernetes service they do not belong to is taken from it
-    /// as it is, with its endpoints, instead of converted and resolved again.
+    /// EndpointSlices and Endpoints changed: every Kubernetes service they do not belong to (now or before) is taken
+    /// from it as it is, with its endpoints, instead of converted and resolved again.
     pub fn build_after(
         earlier: Option<(&Snapshot, &Changes)>,
         version: u64,
         objects: &[Object],
         problems: Vec<ConfigError>,
     ) -> Snapshot {
-        let changed = earlier.and_then(|(_, changes)| endpoint_services(changes, objects));
+        let changed =
+            earlier.and_then(|(earlier, changes)| endpoint_services(earlier, changes, objects));
         let reuse = earlier
             .zip(changed.as_ref())
             .map(|((snapshot, _), changed)| Reuse {
@@ -156,6 +168,7 @@ impl Snapshot {
         let mut workloads = Vec::new();
         let mut configs: BTreeMap<Kind, Vec<Object>> = BTreeMap::new();
         let mut inputs = Inputs::default();
+        let mut slices = Vec::new();
         for obj in objects {
             match obj {
                 Object::Namespace(ns) => {
@@ -165,7 +178,10 @@ impl Snapshot {
                 Object::Pod(pod) => workloads.extend(Workload::from_pod(pod).map(Arc::new)),
                 Object::Service(s) => inputs.services.push(s),
                 Object::Endpoints(e) => inputs.endpoints.push(e),
-                Object::EndpointSlice(s) => inputs.slices.push(s),
+                Object::EndpointSlice(s) => {
+                    inputs.slices.push(s);
+                    slices.push(obj.clone());
+                }
                 Object::ConfigMap(cm) => {
                     let key = (
                         cm.metadata.namespace.as_deref(),
@@ -217,6 +233,7 @@ impl Snapshot {
             namespaces,
             configs,
             problems,
+            slices,
         }
     }
 
@@ -397,7 +414,7 @@ mod tests {
         );
         assert_eq!(reused, kube_services - 1);
 
-        // A slice deleted (its service unknown), or any other kind changed: built whole.
+        // app's slice deleted: back to its pods (the earlier snapshot knows whose slice it was).
         let with_app = Snapshot::build(
             1,
             &mesh("10.1.0.1", "10.2.0.1", Some("10.3.0.1")),
@@ -408,7 +425,28 @@ mod tests {
             &changes(&[(Kind::EndpointSlice, "app-1")]),
             &base,
         );
-        assert_eq!(reused, 0);
+        assert_eq!(reused, kube_services - 1);
+
+        // A slice relabelled from web to api: both rebuilt.
+        let relabelled: Vec<Object> = base
+            .iter()
+            .filter(|o| o.meta().name.as_deref() != Some("web-1"))
+            .cloned()
+            .chain(objects_from_yaml(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: api}}\n\
+                 addressType: IPv4\nports: [{name: http, port: 8080}]\n\
+                 endpoints: [{addresses: [\"10.1.0.1\"], conditions: {ready: true}}]\n",
+            ))
+            .collect();
+        let reused = same_as_whole(
+            &earlier,
+            &changes(&[(Kind::EndpointSlice, "web-1")]),
+            &relabelled,
+        );
+        assert_eq!(reused, kube_services - 2);
+
+        // Any other kind changed: built whole.
         let reused = same_as_whole(
             &earlier,
             &changes(&[(Kind::EndpointSlice, "web-1"), (Kind::Pod, "app-1")]),
