@@ -470,13 +470,12 @@ fn put_grpc(buf: &mut BytesMut, req: &DeltaDiscoveryRequest) {
 
 /// The length (prefix included) of the gRPC message at the front of `data`, once it is all there.
 fn grpc_len(data: &[u8]) -> Result<Option<usize>, String> {
-    let Some(prefix) = data.get(..5) else {
+    let Some(len) = grpc_len_prefix(data) else {
         return Ok(None);
     };
-    if prefix[0] != 0 {
-        return Err(format!("compressed gRPC message (flag {})", prefix[0]));
+    if data[0] != 0 {
+        return Err(format!("compressed gRPC message (flag {})", data[0]));
     }
-    let len = 5 + u32::from_be_bytes(prefix[1..5].try_into().unwrap()) as usize;
     Ok((data.len() >= len).then_some(len))
 }
 

@@ -10,7 +10,7 @@ use super::registry::{Inputs, MovedService, Registry, Reuse, SLICE_SERVICE_LABEL
 use super::workload::Workload;
 use crate::config::mesh::MeshConfig;
 use crate::config::store::Changes;
-use crate::config::{ConfigError, Kind, Object, ObjectKey, Severity};
+use crate::config::{ConfigError, Kind, Object, Severity};
 
 /// The cluster DNS suffix services are named under (istiod's `--domain`).
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
@@ -72,30 +72,37 @@ fn endpoint_services(
     if changes.kinds.is_empty() || !changes.kinds.iter().all(|k| endpoint_kinds.contains(k)) {
         return None;
     }
-    let service_of = |objects: &[Object], key: &ObjectKey| -> Option<String> {
-        let slice = objects.iter().find(|o| {
-            let meta = o.meta();
-            o.kind() == key.kind
-                && meta.name.as_deref() == Some(key.name.as_str())
-                && meta.namespace.as_deref().unwrap_or_default() == key.namespace
-        })?;
-        slice
-            .meta()
-            .labels
-            .as_ref()?
-            .get(SLICE_SERVICE_LABEL)
-            .cloned()
-    };
     let mut services = BTreeSet::new();
+    let mut slices = BTreeSet::new();
     for key in &changes.keys {
-        let names: Vec<String> = match key.kind {
-            Kind::Endpoints => vec![key.name.clone()],
-            _ => [service_of(objects, key), service_of(&earlier.slices, key)]
-                .into_iter()
-                .flatten()
-                .collect(),
-        };
-        services.extend(names.into_iter().map(|n| (key.namespace.clone(), n)));
+        match key.kind {
+            Kind::Endpoints => {
+                services.insert((key.namespace.clone(), key.name.clone()));
+            }
+            _ => {
+                slices.insert((key.namespace.as_str(), key.name.as_str()));
+            }
+        }
+    }
+    // One pass over the slices now and the ones the earlier snapshot was built from.
+    let slice_objects = objects
+        .iter()
+        .filter(|o| o.kind() == Kind::EndpointSlice)
+        .chain(&earlier.slices);
+    for slice in slice_objects {
+        let meta = slice.meta();
+        let key = (
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        if slices.contains(&key)
+            && let Some(service) = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SLICE_SERVICE_LABEL))
+        {
+            services.insert((key.0.to_owned(), service.clone()));
+        }
     }
     Some(services)
 }
