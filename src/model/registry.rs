@@ -18,10 +18,13 @@ use crate::config::Object;
 pub(crate) const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
 /// Services and their endpoints, indexed for the generators.
+///
+/// The service list and its host index are shared (`Arc`) with the registries patched from this one: a
+/// change of endpoints leaves them as they are.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
-    services: Vec<Arc<Service>>,
-    by_host: HashMap<String, Vec<usize>>,
+    services: Arc<Vec<Arc<Service>>>,
+    by_host: Arc<HashMap<String, Vec<usize>>>,
     /// (service index, service port) → endpoints.
     endpoints: HashMap<(usize, u16), Arc<Vec<Endpoint>>>,
 }
@@ -37,39 +40,30 @@ pub struct Inputs<'a> {
     pub workloads: &'a [Arc<Workload>],
 }
 
-/// An earlier registry whose Kubernetes services, and their endpoints, are still current except for the
-/// services named in `changed`: only those are built anew.
-pub struct Reuse<'a> {
-    pub earlier: &'a Registry,
-    /// `(namespace, name)` of Kubernetes Services whose endpoint objects changed.
-    pub changed: &'a BTreeSet<(String, String)>,
+/// The objects a Kubernetes service's endpoints are read from, indexed once per build.
+struct EndpointSources<'i, 'a> {
+    inputs: &'i Inputs<'a>,
+    slices_by_svc: HashMap<(&'a str, &'a str), Vec<&'a discovery::EndpointSlice>>,
+    endpoints_by_svc: HashMap<(&'a str, &'a str), &'a core::Endpoints>,
+    pods_by_ip: HashMap<&'a str, &'a Arc<Workload>>,
+    pods_by_name: HashMap<(&'a str, &'a str), &'a Arc<Workload>>,
 }
 
-impl Registry {
-    /// Builds the registry. `domain` is the cluster DNS suffix (`cluster.local`).
-    pub fn build(inputs: &Inputs<'_>, domain: &str) -> Registry {
-        Self::build_reusing(inputs, domain, None)
-    }
-
-    /// Builds the registry, taking each Kubernetes service `reuse` vouches for from its earlier registry as it
-    /// is (the same `Arc`s) instead of converting it and resolving its endpoints again.
-    pub fn build_reusing(inputs: &Inputs<'_>, domain: &str, reuse: Option<&Reuse<'_>>) -> Registry {
-        let mut reg = Registry::default();
-        let pods_by_ip: HashMap<&str, &Arc<Workload>> = inputs
-            .workloads
+impl<'i, 'a> EndpointSources<'i, 'a> {
+    fn new(inputs: &'i Inputs<'a>) -> Self {
+        let workloads: &'a [Arc<Workload>] = inputs.workloads;
+        let pods_by_ip = workloads
             .iter()
             .filter(|w| !w.ip.is_empty())
             .map(|w| (w.ip.as_str(), w))
             .collect();
-        let pods_by_name: HashMap<(&str, &str), &Arc<Workload>> = inputs
-            .workloads
+        let pods_by_name = workloads
             .iter()
             .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
             .collect();
-
         let mut slices_by_svc: HashMap<(&str, &str), Vec<&discovery::EndpointSlice>> =
             HashMap::new();
-        for s in &inputs.slices {
+        for &s in &inputs.slices {
             if let (Some(ns), Some(svc)) = (
                 s.metadata.namespace.as_deref(),
                 s.metadata
@@ -80,75 +74,149 @@ impl Registry {
                 slices_by_svc.entry((ns, svc.as_str())).or_default().push(s);
             }
         }
-        let endpoints_by_svc: HashMap<(&str, &str), &core::Endpoints> = inputs
+        let endpoints_by_svc = inputs
             .endpoints
             .iter()
-            .filter_map(|e| {
+            .filter_map(|&e| {
                 Some((
                     (
                         e.metadata.namespace.as_deref()?,
                         e.metadata.name.as_deref()?,
                     ),
-                    *e,
+                    e,
                 ))
             })
             .collect();
+        EndpointSources {
+            inputs,
+            slices_by_svc,
+            endpoints_by_svc,
+            pods_by_ip,
+            pods_by_name,
+        }
+    }
 
-        for svc in &inputs.services {
-            if let Some(reuse) = reuse
-                && let Some(i) = reuse.unchanged(svc, domain)
-            {
-                reg.insert_from(reuse.earlier, i);
-                continue;
+    /// The endpoints of Kubernetes Service `svc` (converted as `service`), per service port: from its
+    /// EndpointSlices, else its Endpoints, else the Pods its selector picks, plus the WorkloadEntries it picks.
+    fn of(&self, svc: &core::Service, service: &Service) -> BTreeMap<u16, Vec<Endpoint>> {
+        let key = (service.namespace.as_str(), service.name.as_str());
+        let external = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_name.as_deref())
+            .filter(|_| service.resolution == Resolution::Dns);
+        let mut eps: BTreeMap<u16, Vec<Endpoint>> = if let Some(external) = external {
+            service
+                .ports
+                .iter()
+                .map(|p| {
+                    (
+                        p.port,
+                        vec![dns_endpoint(external, p.port, &service.namespace)],
+                    )
+                })
+                .collect()
+        } else if let Some(slices) = self.slices_by_svc.get(&key) {
+            from_slices(service, slices, &self.pods_by_ip, &self.pods_by_name)
+        } else if let Some(ep) = self.endpoints_by_svc.get(&key) {
+            from_endpoints(service, ep, &self.pods_by_ip, &self.pods_by_name)
+        } else if !service.selector.is_empty() {
+            from_pods(service, self.inputs.workloads)
+        } else {
+            BTreeMap::new()
+        };
+        // Istio lets a Kubernetes Service's selector pick WorkloadEntries (VMs) in its namespace too.
+        if !service.selector.is_empty() {
+            for sp in &service.ports {
+                let entries = super::service_entry::workload_entry_endpoints(
+                    self.inputs,
+                    &service.namespace,
+                    &service.selector,
+                    sp,
+                );
+                eps.entry(sp.port).or_default().extend(entries);
             }
+            eps.retain(|_, v| !v.is_empty());
+        }
+        eps
+    }
+}
+
+impl Registry {
+    /// Builds the registry. `domain` is the cluster DNS suffix (`cluster.local`).
+    pub fn build(inputs: &Inputs<'_>, domain: &str) -> Registry {
+        let mut reg = Registry::default();
+        let sources = EndpointSources::new(inputs);
+        for svc in &inputs.services {
             let Some(service) = kube_service(svc, domain) else {
                 continue;
             };
-            let key = (service.namespace.as_str(), service.name.as_str());
-            let external = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.external_name.as_deref())
-                .filter(|_| service.resolution == Resolution::Dns);
-            let eps: BTreeMap<u16, Vec<Endpoint>> = if let Some(external) = external {
-                service
-                    .ports
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.port,
-                            vec![dns_endpoint(external, p.port, &service.namespace)],
-                        )
-                    })
-                    .collect()
-            } else if let Some(slices) = slices_by_svc.get(&key) {
-                from_slices(&service, slices, &pods_by_ip, &pods_by_name)
-            } else if let Some(ep) = endpoints_by_svc.get(&key) {
-                from_endpoints(&service, ep, &pods_by_ip, &pods_by_name)
-            } else if !service.selector.is_empty() {
-                from_pods(&service, inputs.workloads)
-            } else {
-                BTreeMap::new()
-            };
-            let mut eps = eps;
-            // Istio lets a Kubernetes Service's selector pick WorkloadEntries (VMs) in its namespace too.
-            if !service.selector.is_empty() {
-                for sp in &service.ports {
-                    let entries = super::service_entry::workload_entry_endpoints(
-                        inputs,
-                        &service.namespace,
-                        &service.selector,
-                        sp,
-                    );
-                    eps.entry(sp.port).or_default().extend(entries);
-                }
-                eps.retain(|_, v| !v.is_empty());
-            }
+            let eps = sources.of(svc, &service);
             reg.insert(service, eps);
         }
         super::service_entry::add_service_entries(&mut reg, inputs);
         reg.services_sorted();
         reg
+    }
+
+    /// This registry after the endpoint objects of the Kubernetes services `changed` (`(namespace, name)`)
+    /// changed, and nothing else: their endpoints are read again from `inputs` (which must hold their
+    /// Service, EndpointSlice and Endpoints objects, the WorkloadEntries and the Pods); every service, and
+    /// every other service's endpoints, stay shared with this registry.
+    pub fn patched(
+        &self,
+        inputs: &Inputs<'_>,
+        domain: &str,
+        changed: &BTreeSet<(String, String)>,
+    ) -> Registry {
+        let mut reg = self.clone();
+        let sources = EndpointSources::new(inputs);
+        for (ns, name) in changed {
+            let Some(i) = self.kube_index(ns, name, domain) else {
+                continue;
+            };
+            let Some(svc) = inputs.services.iter().find(|s| {
+                s.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && s.metadata.name.as_deref() == Some(name.as_str())
+            }) else {
+                continue;
+            };
+            let service = &self.services[i];
+            // Endpoints are kept per service port (`EndpointSources::of`).
+            for p in &service.ports {
+                reg.endpoints.remove(&(i, p.port));
+            }
+            for (port, eps) in sources.of(svc, service) {
+                reg.endpoints.insert((i, port), Arc::new(eps));
+            }
+        }
+        reg
+    }
+
+    /// How many services have every port's endpoints shared (the same `Arc`s) with `earlier`, which has the
+    /// same services.
+    #[cfg(test)]
+    pub(crate) fn sharing_endpoints_with(&self, earlier: &Registry) -> usize {
+        (0..self.services.len())
+            .filter(|&i| {
+                self.services[i].ports.iter().all(|p| {
+                    let key = (i, p.port);
+                    match (self.endpoints.get(&key), earlier.endpoints.get(&key)) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (a, b) => a.is_none() && b.is_none(),
+                    }
+                })
+            })
+            .count()
+    }
+
+    /// The index of Kubernetes Service `namespace/name`.
+    fn kube_index(&self, namespace: &str, name: &str, domain: &str) -> Option<usize> {
+        let host = format!("{name}.{namespace}.svc.{domain}");
+        self.by_host.get(&host)?.iter().copied().find(|&i| {
+            let s = &self.services[i];
+            s.origin == Origin::Kubernetes && s.namespace == namespace && s.name == name
+        })
     }
 
     /// Adds a service with its endpoints per port.
@@ -157,33 +225,17 @@ impl Registry {
         for (port, eps) in endpoints {
             self.endpoints.insert((idx, port), Arc::new(eps));
         }
-        self.by_host
+        Arc::make_mut(&mut self.by_host)
             .entry(service.hostname.clone())
             .or_default()
             .push(idx);
-        self.services.push(Arc::new(service));
-    }
-
-    /// Adds service `i` of `earlier` with its endpoints, shared.
-    fn insert_from(&mut self, earlier: &Registry, i: usize) {
-        let idx = self.services.len();
-        let service = &earlier.services[i];
-        for p in &service.ports {
-            if let Some(eps) = earlier.endpoints.get(&(i, p.port)) {
-                self.endpoints.insert((idx, p.port), eps.clone());
-            }
-        }
-        self.by_host
-            .entry(service.hostname.clone())
-            .or_default()
-            .push(idx);
-        self.services.push(service.clone());
+        Arc::make_mut(&mut self.services).push(Arc::new(service));
     }
 
     /// Sorts the index lists so lookups are deterministic (first-defined ServiceEntry wins ties).
     fn services_sorted(&mut self) {
-        for list in self.by_host.values_mut() {
-            let services = &self.services;
+        let services = &self.services;
+        for list in Arc::make_mut(&mut self.by_host).values_mut() {
             list.sort_by(|a, b| services[*a].namespace.cmp(&services[*b].namespace));
         }
     }
@@ -228,12 +280,11 @@ impl Registry {
     /// When this registry has the same services as `earlier`: those whose endpoints differ (any port). `None`
     /// when a service was added, removed or changed.
     pub fn moved_since(&self, earlier: &Registry) -> Option<Vec<MovedService>> {
-        let same_services = self.services.len() == earlier.services.len()
-            && self
-                .services
-                .iter()
-                .zip(&earlier.services)
-                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
+        let same_services = Arc::ptr_eq(&self.services, &earlier.services)
+            || self.services.len() == earlier.services.len()
+                && (self.services.iter())
+                    .zip(earlier.services.iter())
+                    .all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
         if !same_services {
             return None;
         }
@@ -273,26 +324,6 @@ impl Registry {
             .flat_map(|eps| eps.iter())
             .map(|e| (e.namespace.as_str(), e.service_account.as_str()))
             .collect()
-    }
-}
-
-impl Reuse<'_> {
-    /// The index in the earlier registry of Kubernetes Service `svc`, unless its endpoints changed.
-    fn unchanged(&self, svc: &core::Service, domain: &str) -> Option<usize> {
-        let (ns, name) = (
-            svc.metadata.namespace.as_deref()?,
-            svc.metadata.name.as_deref()?,
-        );
-        // Few services change at once: a scan, not a lookup that would allocate a key per service.
-        if self.changed.iter().any(|(n, m)| n == ns && m == name) {
-            return None;
-        }
-        let host = format!("{name}.{ns}.svc.{domain}");
-        let earlier = self.earlier;
-        earlier.by_host.get(&host)?.iter().copied().find(|&i| {
-            let s = &earlier.services[i];
-            s.origin == Origin::Kubernetes && s.namespace == ns && s.name == name
-        })
     }
 }
 

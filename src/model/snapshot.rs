@@ -1,12 +1,12 @@
 //! The immutable snapshot ("push context"): everything the generators read, indexed once per build and shared by
 //! `Arc`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::registry::{Inputs, MovedService, Registry, Reuse, SLICE_SERVICE_LABEL};
+use super::registry::{Inputs, MovedService, Registry, SLICE_SERVICE_LABEL};
 use super::workload::Workload;
 use crate::config::mesh::MeshConfig;
 use crate::config::store::Changes;
@@ -32,6 +32,8 @@ pub struct Snapshot {
     configs: BTreeMap<Kind, Vec<Object>>,
     /// Problems reported by sources and by the build itself.
     pub problems: Vec<ConfigError>,
+    /// Where in `problems` the build's own begin (after the sources').
+    own_problems: usize,
     /// The EndpointSlices built from (shared): which service a changed or deleted slice belonged to.
     slices: Vec<Object>,
 }
@@ -141,35 +143,87 @@ impl std::fmt::Display for Summary {
 impl Snapshot {
     /// Builds a snapshot from every stored object and the problems the sources reported.
     pub fn build(version: u64, objects: &[Object], problems: Vec<ConfigError>) -> Snapshot {
-        Self::build_after(None, version, objects, problems)
+        Self::build_whole(version, objects, problems)
     }
 
-    /// Builds a snapshot, reusing `earlier` (the snapshot of the objects before `changes`) when only
-    /// EndpointSlices and Endpoints changed: every Kubernetes service they do not belong to (now or before) is taken
-    /// from it as it is, with its endpoints, instead of converted and resolved again.
+    /// Builds a snapshot. When `earlier` (the snapshot of the objects before `changes`) is given and only
+    /// EndpointSlices and Endpoints changed, it is patched instead: the services they belong to (now or
+    /// before) get their endpoints read again, and everything else is shared with it.
     pub fn build_after(
         earlier: Option<(&Snapshot, &Changes)>,
         version: u64,
         objects: &[Object],
         problems: Vec<ConfigError>,
     ) -> Snapshot {
-        let changed =
-            earlier.and_then(|(earlier, changes)| endpoint_services(earlier, changes, objects));
-        let reuse = earlier
-            .zip(changed.as_ref())
-            .map(|((snapshot, _), changed)| Reuse {
-                earlier: &snapshot.registry,
-                changed,
-            });
-        Self::build_reusing(version, objects, problems, reuse.as_ref())
+        if let Some((earlier, changes)) = earlier
+            && let Some(changed) = endpoint_services(earlier, changes, objects)
+        {
+            return earlier.with_endpoints_of(&changed, version, objects, problems);
+        }
+        Self::build_whole(version, objects, problems)
     }
 
-    fn build_reusing(
+    /// This snapshot after the endpoint objects of the services `changed` changed, and nothing else.
+    fn with_endpoints_of(
+        &self,
+        changed: &BTreeSet<(String, String)>,
         version: u64,
         objects: &[Object],
         mut problems: Vec<ConfigError>,
-        reuse: Option<&Reuse<'_>>,
     ) -> Snapshot {
+        let changed_keys: HashSet<(&str, &str)> = (changed.iter())
+            .map(|(n, m)| (n.as_str(), m.as_str()))
+            .collect();
+        let is_changed = |ns: &Option<String>, name: Option<&String>| {
+            let ns = ns.as_deref().unwrap_or_default();
+            name.is_some_and(|name| changed_keys.contains(&(ns, name.as_str())))
+        };
+        let mut inputs = Inputs::default();
+        let mut slices = Vec::new();
+        for obj in objects {
+            match obj {
+                Object::Service(s)
+                    if is_changed(&s.metadata.namespace, s.metadata.name.as_ref()) =>
+                {
+                    inputs.services.push(s)
+                }
+                Object::Endpoints(e)
+                    if is_changed(&e.metadata.namespace, e.metadata.name.as_ref()) =>
+                {
+                    inputs.endpoints.push(e)
+                }
+                Object::EndpointSlice(s) => {
+                    let service = s.metadata.labels.as_ref();
+                    let service = service.and_then(|l| l.get(SLICE_SERVICE_LABEL));
+                    if is_changed(&s.metadata.namespace, service) {
+                        inputs.slices.push(s);
+                    }
+                    slices.push(obj.clone());
+                }
+                _ => {}
+            }
+        }
+        inputs.workload_entries = self.configs(Kind::WorkloadEntry).iter().collect();
+        inputs.workloads = &self.workloads;
+        let registry = self.registry.patched(&inputs, DOMAIN_SUFFIX, changed);
+        drop(inputs);
+        let own_problems = problems.len();
+        problems.extend_from_slice(&self.problems[self.own_problems..]);
+        Snapshot {
+            version,
+            mesh: self.mesh.clone(),
+            registry,
+            workloads: self.workloads.clone(),
+            namespaces: self.namespaces.clone(),
+            configs: self.configs.clone(),
+            problems,
+            own_problems,
+            slices,
+        }
+    }
+
+    fn build_whole(version: u64, objects: &[Object], mut problems: Vec<ConfigError>) -> Snapshot {
+        let own_problems = problems.len();
         let mut mesh = MeshConfig::default();
         let mut namespaces = BTreeMap::new();
         let mut workloads = Vec::new();
@@ -230,7 +284,7 @@ impl Snapshot {
             }
         }
         inputs.workloads = &workloads;
-        let registry = Registry::build_reusing(&inputs, DOMAIN_SUFFIX, reuse);
+        let registry = Registry::build(&inputs, DOMAIN_SUFFIX);
         drop(inputs);
         Snapshot {
             version,
@@ -240,6 +294,7 @@ impl Snapshot {
             namespaces,
             configs,
             problems,
+            own_problems,
             slices,
         }
     }
@@ -255,7 +310,8 @@ impl Snapshot {
                 .all(|((k1, a), (k2, b))| {
                     k1 == k2 && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y))
                 });
-        if !same_configs || self.mesh != earlier.mesh || self.namespaces != earlier.namespaces {
+        let same_mesh = Arc::ptr_eq(&self.mesh, &earlier.mesh) || self.mesh == earlier.mesh;
+        if !same_configs || !same_mesh || self.namespaces != earlier.namespaces {
             return None;
         }
         self.registry.moved_since(&earlier.registry)
@@ -325,7 +381,7 @@ mod tests {
     use crate::test_helpers::mesh::objects_from_yaml;
 
     /// `web` with a slice, `api` with an Endpoints object, `app` with neither (its pods), `ext` an
-    /// ExternalName, and a WorkloadEntry `web` selects.
+    /// ExternalName, a WorkloadEntry `web` selects, and an AuthorizationPolicy (a problem of the build's own).
     fn mesh(web_ip: &str, api_ip: &str, app_slice: Option<&str>) -> Vec<Object> {
         let service = |name: &str| {
             format!(
@@ -354,6 +410,8 @@ mod tests {
                  spec: {type: ExternalName, externalName: example.com, ports: [{name: http, port: 80}]}\n---\n";
         yaml += "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: shop}\n\
                  spec: {address: 10.9.0.1, labels: {app: web}}\n---\n";
+        yaml += "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: shop}\n\
+                 spec: {action: DENY}\n---\n";
         if let Some(ip) = app_slice {
             yaml += &slice("app", ip);
         }
@@ -370,10 +428,22 @@ mod tests {
         }
     }
 
-    /// Building after `earlier` gives what building whole gives; returns how many services were reused.
+    /// Building after `earlier` gives what building whole gives; returns how many services kept their
+    /// endpoints as they were (not read again).
     fn same_as_whole(earlier: &Snapshot, changes: &Changes, objects: &[Object]) -> usize {
-        let whole = Snapshot::build(2, objects, Vec::new());
-        let after = Snapshot::build_after(Some((earlier, changes)), 2, objects, Vec::new());
+        // The sources' problems now, which differ from the earlier snapshot's.
+        let reported = || {
+            vec![ConfigError::for_key(
+                &ObjectKey::new(Kind::Service, "shop", "x"),
+                "spec",
+                "bad",
+            )]
+        };
+        let whole = Snapshot::build(2, objects, reported());
+        let after = Snapshot::build_after(Some((earlier, changes)), 2, objects, reported());
+        assert_eq!(after.summary(), whole.summary());
+        assert_eq!(after.problems, whole.problems);
+        assert_eq!(after.workloads, whole.workloads);
         assert_eq!(
             after.registry.moved_since(&whole.registry).map(|m| m.len()),
             Some(0),
@@ -383,19 +453,15 @@ mod tests {
             after.registry.endpoint_count(),
             whole.registry.endpoint_count()
         );
-        let before = earlier.registry.services();
-        after
-            .registry
-            .services()
-            .iter()
-            .filter(|s| before.iter().any(|b| Arc::ptr_eq(b, s)))
-            .count()
+        after.registry.sharing_endpoints_with(&earlier.registry)
     }
 
     #[test]
-    fn a_build_after_endpoint_changes_reuses_the_other_services_and_equals_a_whole_build() {
+    fn a_build_after_endpoint_changes_reads_only_their_services_endpoints_and_equals_a_whole_build()
+    {
         let base = mesh("10.1.0.1", "10.2.0.1", None);
         let earlier = Snapshot::build(1, &base, Vec::new());
+        assert_eq!(earlier.summary().warnings, 1, "the AuthorizationPolicy");
         let kube_services = 4;
 
         // web's slice moves: web (and its WorkloadEntry endpoint) rebuilt, the other three reused.
