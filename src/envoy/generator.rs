@@ -293,7 +293,10 @@ impl Generator {
         match carried {
             Some((set, Carry::Same)) => set,
             Some((set, Carry::Endpoints(moved))) => {
-                let scope = ProxyScope::new(&self.snapshot, meta);
+                // Only the moved services' hostnames matter here, and a scope of just those is cheap.
+                let scope = ProxyScope::seeing(&self.snapshot, meta, |s| {
+                    moved.iter().any(|m| m.service.hostname == s.hostname)
+                });
                 let is_moved = |s: &Service| {
                     moved.iter().any(|m| {
                         m.service.hostname == s.hostname && m.service.namespace == s.namespace

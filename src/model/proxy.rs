@@ -60,6 +60,17 @@ pub struct ProxyScope<'a> {
 impl<'a> ProxyScope<'a> {
     /// Computes the scope of one proxy.
     pub fn new(snapshot: &'a Snapshot, meta: ProxyMeta) -> ProxyScope<'a> {
+        Self::seeing(snapshot, meta, |_| true)
+    }
+
+    /// The scope of a proxy that sees only the services `keep` picks, of those it can see. Keeping every
+    /// service of a hostname (all namespaces) gives that hostname the same service as the whole scope does,
+    /// so what concerns those services alone (their clusters, their load assignments) comes out the same.
+    pub fn seeing(
+        snapshot: &'a Snapshot,
+        meta: ProxyMeta,
+        keep: impl Fn(&Service) -> bool,
+    ) -> ProxyScope<'a> {
         let workload = Self::workload_of(snapshot, &meta);
         let labels = Self::labels_of(workload.as_deref(), &meta).clone();
         let sidecar = match meta.kind {
@@ -89,6 +100,7 @@ impl<'a> ProxyScope<'a> {
             .registry
             .services()
             .iter()
+            .filter(|s| keep(s))
             .filter(|s| scope.exported_to_me(&s.export_to, &s.namespace, ExportDefault::Service))
             .filter(|s| scope.egress_allows(&s.namespace, &s.hostname))
             .collect();
