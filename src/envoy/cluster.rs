@@ -48,21 +48,30 @@ use crate::model::service::{Location, Protocol, Resolution, Service, ServicePort
 
 /// Every cluster the proxy needs, sorted by name.
 pub fn clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
-    let mut out: Vec<Cluster> = outbound_targets(scope)
-        .iter()
-        .filter_map(|t| outbound_cluster(scope, t))
-        .collect();
-    out.push(inbound::blackhole(scope));
-    if scope.meta.kind == ProxyKind::Sidecar {
-        out.push(inbound::passthrough(scope));
-        out.push(inbound::inbound_passthrough(scope));
-        out.extend(inbound::inbound_clusters(scope));
-    }
+    let mut out: Vec<Cluster> = Vec::new();
+    for_each_cluster(scope, |c| out.push(c));
     out.sort_by(|a, b| a.name.cmp(&b.name));
     // Two services can claim the same cluster name (e.g. a ServiceEntry host and a Kubernetes service); the first
     // kept, as istiod does, since Envoy rejects duplicate names.
     out.dedup_by(|b, a| a.name == b.name);
     out
+}
+
+/// Every cluster of the proxy, one at a time, in the order that ranks duplicate names (the first of a name
+/// wins), neither sorted nor deduplicated: a caller that encodes each as it comes never holds them all (a
+/// `Cluster` message is kilobytes; a thousand services make megabytes).
+pub fn for_each_cluster(scope: &ProxyScope<'_>, mut f: impl FnMut(Cluster)) {
+    for target in &outbound_targets(scope) {
+        if let Some(c) = outbound_cluster(scope, target) {
+            f(c);
+        }
+    }
+    f(inbound::blackhole(scope));
+    if scope.meta.kind == ProxyKind::Sidecar {
+        f(inbound::passthrough(scope));
+        f(inbound::inbound_passthrough(scope));
+        inbound::inbound_clusters(scope).into_iter().for_each(f);
+    }
 }
 
 /// How an outbound cluster finds its endpoints.

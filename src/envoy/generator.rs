@@ -265,7 +265,17 @@ pub fn proxy_meta(proxy: &Proxy) -> ProxyMeta {
 
 fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
     match type_url {
-        type_url::CLUSTER => encoded(cluster::clusters(scope), |c| &c.name),
+        type_url::CLUSTER => {
+            // Encoded as they come; sorted and deduplicated as `cluster::clusters` does (a stable sort
+            // keeps the first of a name).
+            let mut out = Vec::new();
+            cluster::for_each_cluster(scope, |c| {
+                out.push(Arc::new(XdsResource::encode(c.name.clone(), &c)))
+            });
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out.dedup_by(|later, first| later.name == first.name);
+            out
+        }
         type_url::ENDPOINT => encoded(endpoint::load_assignments(scope), |c| &c.cluster_name),
         type_url::LISTENER => encoded(listener::listeners(scope), |l| &l.name),
         type_url::ROUTE => encoded(route::route_configs(scope), |r| &r.name),
@@ -436,6 +446,40 @@ spec:
                 "{} {t}",
                 p.id.pod
             );
+        }
+    }
+
+    #[test]
+    fn clusters_encoded_as_they_come_are_the_sorted_deduplicated_list() {
+        // A ServiceEntry declaring the Kubernetes service's host again (one of the two is kept), and
+        // subsets whose names sort apart from the order they are made in.
+        let yaml = views_mesh()
+            + r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: again, namespace: shop}
+spec:
+  hosts: [app.shop.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: app, namespace: shop}
+spec:
+  host: app.shop.svc.cluster.local
+  subsets: [{name: v2, labels: {version: v2}}, {name: a1, labels: {version: v1}}]
+"#;
+        let snapshot = Arc::new(snapshot_from_yaml(&yaml));
+        let p = proxy("app-1", "10.0.0.5", 1);
+        let set = Generator::new(snapshot.clone()).generate(&p, type_url::CLUSTER);
+        let want = cluster::clusters(&ProxyScope::new(&snapshot, proxy_meta(&p)));
+        assert!(want.len() > 5, "{} clusters", want.len());
+        assert_eq!(set.len(), want.len());
+        for (got, c) in set.items().iter().zip(&want) {
+            assert_eq!(got.name, c.name);
+            assert_eq!(got.version, XdsResource::encode(c.name.clone(), c).version);
         }
     }
 
