@@ -594,6 +594,8 @@ fn main() {
 
         if let Some((bare, _events, floor)) = floor {
             floor.report("floor: bare HTTP/2 push", clients);
+            // What HTTP/2 alone holds for as many connections (h2's read and write buffers, the streams).
+            println!("{:<28} peak RSS (VmHWM) {:.1} MiB", "", peak_rss_mib(bare.pid));
             let (ours, base) = (all_sorted(&eds.rounds), all_sorted(&floor.rounds));
             println!(
                 "endpoint change / bare HTTP/2 floor: p50 {:.2}x, p99 {:.2}x, server CPU {:.2}x",
