@@ -62,8 +62,32 @@ fn expect(
     body: Option<&str>,
     want: impl Fn(&Reply) -> bool,
 ) -> Result<String, String> {
+    expect_within(
+        Duration::from_secs(15),
+        mesh,
+        method,
+        host,
+        path,
+        headers,
+        body,
+        want,
+    )
+}
+
+/// [`expect`] with its own deadline.
+#[allow(clippy::too_many_arguments)]
+fn expect_within(
+    deadline: Duration,
+    mesh: &Mesh,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    want: impl Fn(&Reply) -> bool,
+) -> Result<String, String> {
     let mut last = String::new();
-    let got = wait_until(Duration::from_secs(15), || {
+    let got = wait_until(deadline, || {
         let r = mesh.gateway_request(method, host, path, headers, body);
         last = short(&r);
         r.ok().filter(&want)
@@ -386,10 +410,21 @@ spec:
 
 fn s10(mesh: &mut Mesh) -> Result<String, String> {
     mesh.apply_book("chapter-4-5/fruits-api-dr-vs-gw-test-fault.yml")?;
-    // Wait until the fault is active (a 500 with Envoy's abort body shows up).
-    expect(mesh, "GET", FRUITS, "/api/fruits/special", &[], None, |r| {
-        r.status == 500 && r.body == "fault filter abort"
-    })?;
+    // Wait until the fault is active (a 500 with Envoy's abort body shows up). Once it is, 16% of the
+    // requests are delayed 5 s and not aborted: three of those before the first abort (about 1 in 100)
+    // fill 15 s, so this wait gets 45 s (six in a row: about 1 in 10,000).
+    let fault_abort = |r: &Reply| r.status == 500 && r.body == "fault filter abort";
+    let path = "/api/fruits/special";
+    expect_within(
+        Duration::from_secs(45),
+        mesh,
+        "GET",
+        FRUITS,
+        path,
+        &[],
+        None,
+        fault_abort,
+    )?;
     // All 200 at once: 40% of them wait 5 s, so in parallel the burst takes about 5 s.
     let replies = mesh.gateway_burst(FRUITS, "/api/fruits/special", &[], 200, 200);
     let aborted = replies
