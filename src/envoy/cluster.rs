@@ -48,8 +48,7 @@ use crate::model::service::{Location, Protocol, Resolution, Service, ServicePort
 
 /// Every cluster the proxy needs, sorted by name.
 pub fn clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
-    let mut out: Vec<Cluster> = Vec::new();
-    for_each_cluster(scope, |c| out.push(c));
+    let mut out: Vec<Cluster> = each_cluster(scope).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     // Two services can claim the same cluster name (e.g. a ServiceEntry host and a Kubernetes service); the first
     // kept, as istiod does, since Envoy rejects duplicate names.
@@ -57,21 +56,21 @@ pub fn clusters(scope: &ProxyScope<'_>) -> Vec<Cluster> {
     out
 }
 
-/// Every cluster of the proxy, one at a time, in the order that ranks duplicate names (the first of a name
-/// wins), neither sorted nor deduplicated: a caller that encodes each as it comes never holds them all (a
-/// `Cluster` message is kilobytes; a thousand services make megabytes).
-pub fn for_each_cluster(scope: &ProxyScope<'_>, mut f: impl FnMut(Cluster)) {
-    for target in &outbound_targets(scope) {
-        if let Some(c) = outbound_cluster(scope, target) {
-            f(c);
-        }
-    }
-    f(inbound::blackhole(scope));
+/// Every cluster of the proxy, made as the iterator is read, in the order that ranks duplicate names (the
+/// first of a name wins), neither sorted nor deduplicated: a caller that encodes each as it comes never holds
+/// them all (a `Cluster` message is kilobytes; a thousand services make megabytes). The few fixed and inbound
+/// clusters are made at once.
+pub fn each_cluster<'s>(scope: &'s ProxyScope<'_>) -> impl Iterator<Item = Cluster> + 's {
+    let mut fixed = vec![inbound::blackhole(scope)];
     if scope.meta.kind == ProxyKind::Sidecar {
-        f(inbound::passthrough(scope));
-        f(inbound::inbound_passthrough(scope));
-        inbound::inbound_clusters(scope).into_iter().for_each(f);
+        fixed.push(inbound::passthrough(scope));
+        fixed.push(inbound::inbound_passthrough(scope));
+        fixed.extend(inbound::inbound_clusters(scope));
     }
+    outbound_targets(scope)
+        .into_iter()
+        .filter_map(move |target| outbound_cluster(scope, &target))
+        .chain(fixed)
 }
 
 /// How an outbound cluster finds its endpoints.

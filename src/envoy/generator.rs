@@ -265,17 +265,7 @@ pub fn proxy_meta(proxy: &Proxy) -> ProxyMeta {
 
 fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
     match type_url {
-        type_url::CLUSTER => {
-            // Encoded as they come; sorted and deduplicated as `cluster::clusters` does (a stable sort
-            // keeps the first of a name).
-            let mut out = Vec::new();
-            cluster::for_each_cluster(scope, |c| {
-                out.push(Arc::new(XdsResource::encode(c.name.clone(), &c)))
-            });
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            out.dedup_by(|later, first| later.name == first.name);
-            out
-        }
+        type_url::CLUSTER => encoded(cluster::each_cluster(scope), |c| &c.name),
         type_url::ENDPOINT => encoded(endpoint::load_assignments(scope), |c| &c.cluster_name),
         type_url::LISTENER => encoded(listener::listeners(scope), |l| &l.name),
         type_url::ROUTE => encoded(route::route_configs(scope), |r| &r.name),
@@ -284,15 +274,19 @@ fn encode_all(scope: &ProxyScope<'_>, type_url: &str) -> Vec<Arc<XdsResource>> {
     }
 }
 
-/// Encodes each message of `items`, named by `name`.
+/// Encodes each message of `items` as it comes, named by `name`: name-sorted, the first of a name kept (as
+/// `cluster::clusters` keeps it; Envoy rejects duplicate names). The generators' lists come sorted already.
 fn encoded<M: prost::Message + prost::Name>(
-    items: Vec<M>,
+    items: impl IntoIterator<Item = M>,
     name: impl Fn(&M) -> &String,
 ) -> Vec<Arc<XdsResource>> {
-    items
-        .iter()
-        .map(|m| Arc::new(XdsResource::encode(name(m).clone(), m)))
-        .collect()
+    let mut out: Vec<Arc<XdsResource>> = (items.into_iter())
+        .map(|m| Arc::new(XdsResource::encode(name(&m).clone(), &m)))
+        .collect();
+    // Stable: the first of a name stays first.
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|later, first| later.name == first.name);
+    out
 }
 
 impl Generator {
