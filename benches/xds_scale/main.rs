@@ -37,9 +37,40 @@ use tokio::sync::mpsc;
 
 const SERVICES: usize = 1_000;
 
-/// The pause before an endpoint round: clients have received the last change, but their ACKs may still be
-/// on their way and being processed.
+/// The pause after an endpoint round: clients have received the change, but their ACKs may still be on their
+/// way and being processed.
 const SETTLE: Duration = Duration::from_millis(50);
+
+/// An endpoint round starts once its server has used less than this in a [`QUIET_WINDOW`]: after a config
+/// change, the server reads thousands of ACKs for a hundred milliseconds or more after its clients had the
+/// change, and an endpoint round started in that tail measured the two changes together.
+const QUIET_CPU: Duration = Duration::from_millis(1);
+const QUIET_WINDOW: Duration = Duration::from_millis(20);
+
+/// The CPU the threads of `pid` have run, in nanoseconds (`schedstat`, unlike `stat`, is not in 10 ms ticks).
+fn run_time(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// Waits until the server `pid` is idle (see [`QUIET_CPU`]), for at most 10 s.
+async fn quiesce(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let before = run_time(pid);
+        tokio::time::sleep(QUIET_WINDOW).await;
+        if run_time(pid) - before < QUIET_CPU {
+            return;
+        }
+    }
+}
 
 fn svc(i: usize) -> String {
     format!("outbound|80||svc-{i}.ns-{}.svc.cluster.local", i % 20)
@@ -473,9 +504,9 @@ struct EdsRounds {
 }
 
 impl EdsRounds {
-    /// Runs one round: an endpoint change, until every client received it. It starts once the last round's
-    /// ACKs (this server's or the other's) are through, so a change meets an idle machine, and its server
-    /// CPU counts until its own ACKs are through.
+    /// Runs one round: an endpoint change, until every client received it. It starts once its server is idle
+    /// (the ACKs of the last change, endpoint or config, are through), so a change meets an idle machine, and
+    /// its server CPU counts until its own ACKs are through.
     async fn round(
         &mut self,
         server: &mut ServerProc,
@@ -483,7 +514,7 @@ impl EdsRounds {
         clients: usize,
         r: usize,
     ) {
-        tokio::time::sleep(SETTLE).await;
+        quiesce(server.pid).await;
         let me = std::process::id();
         let cpu0 = (cpu_time(server.pid), cpu_time(me));
         let t0 = Instant::now();
@@ -500,6 +531,19 @@ impl EdsRounds {
 
     fn report(&self, name: &str, clients: usize) {
         report(name, &self.rounds);
+        // `--per-round 1`: each round's slowest client, to tell a slow tail from a few slow rounds.
+        if arg("--per-round", 0) == 1 {
+            let maxes: Vec<String> = self
+                .rounds
+                .iter()
+                .map(|r| format!("{:.0}", r.last().unwrap().as_secs_f64() * 1e3))
+                .collect();
+            println!(
+                "{:<28} slowest client per round (ms): {}",
+                "",
+                maxes.join(" ")
+            );
+        }
         let n = self.rounds.len() as u32;
         println!(
             "{:<28} per round {:.2?} wall, server CPU {:.2?} ({:.1?} per client), client CPU {:.2?}",
