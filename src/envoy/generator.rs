@@ -3,6 +3,8 @@
 //! snapshot's generator when only endpoints moved.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
@@ -65,6 +67,9 @@ pub trait SecretSource: Send + Sync {
 /// The `Generate` implementation for one snapshot.
 pub struct Generator {
     snapshot: Arc<Snapshot>,
+    /// What the previous generator knew, read without a lock.
+    known: Known,
+    /// What this generator works out itself.
     cache: Mutex<Cache>,
     secrets: Option<Arc<dyn SecretSource>>,
 }
@@ -84,19 +89,53 @@ const VIEW_TYPES: [&str; 4] = [
 /// meanwhile wait for it rather than repeat the work.
 type Slots = [Arc<OnceLock<ResourceSet>>; 4];
 
-/// What one generator has worked out: each view's resources, and each stream's view. Every push asks the
-/// generator for every stream and type, so a stream's view is worked out once per snapshot (its Pod's
-/// labels, the key) and afterwards found by stream id, and a set by the type's index.
+/// Hashes stream ids (small sequential numbers) with one multiplication: the streams' views are looked up on
+/// every push of every stream, where SipHash showed.
+#[derive(Default)]
+struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing: the high bits, which the table's probing uses, mix every bit of the id.
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
+type ByConnId<V> = HashMap<u64, V, BuildHasherDefault<ConnIdHasher>>;
+
+/// The views and streams a generator takes over from the previous one when the pods are the same (a
+/// stream's view depends on nothing else). Fixed once the generator is made, so the push of every stream
+/// finds its view and sets without a lock: with one lock, the workers pushing at once queued on it.
+#[derive(Default)]
+struct Known {
+    /// The first views, by [`ViewId`]; [`Cache::views`] holds the ones after them.
+    views: Vec<(ViewKey, Slots)>,
+    /// The previous generator's streams, and whether each asked this generator: only those that did are
+    /// taken over by the next one, so streams gone are forgotten.
+    streams: ByConnId<(ViewId, AtomicBool)>,
+}
+
+/// What one generator works out itself: the views and streams that are new to it. Every push asks the
+/// generator for every stream and type, so a stream's view is worked out once (its Pod's labels, the key)
+/// and afterwards found by stream id, and a set by the type's index.
 #[derive(Default)]
 struct Cache {
+    /// Every view's id, those of [`Known::views`] too.
     ids: HashMap<ViewKey, ViewId>,
-    /// By [`ViewId`].
+    /// The views from [`ViewId`] `Known::views.len()` on.
     views: Vec<(ViewKey, Slots)>,
-    /// Per stream ([`Proxy::conn_id`]).
-    streams: HashMap<u64, ViewId>,
-    /// The previous generator's streams, when the pods are the same (a stream's view depends on nothing
-    /// else): moved to `streams` as they ask, so streams gone since are forgotten with this generator.
-    inherited: HashMap<u64, ViewId>,
+    /// The streams new to this generator ([`Proxy::conn_id`]).
+    streams: ByConnId<ViewId>,
     /// The previous generator's sets when this snapshot only moved endpoints, taken out as they are used.
     earlier: Option<Earlier>,
 }
@@ -109,30 +148,21 @@ struct Earlier {
 }
 
 impl Cache {
-    fn id(&mut self, key: ViewKey) -> ViewId {
+    /// The id of view `key`; views from `first` on are kept here.
+    fn id(&mut self, key: ViewKey, first: usize) -> ViewId {
         if let Some(&id) = self.ids.get(&key) {
             return id;
         }
-        let id = self.views.len() as ViewId;
+        let id = (first + self.views.len()) as ViewId;
         self.views.push((key.clone(), Slots::default()));
         self.ids.insert(key, id);
         id
     }
 
-    /// The view of stream `conn`, if known here or to the previous generator.
-    fn stream(&mut self, conn: u64) -> Option<ViewId> {
-        if let Some(&id) = self.streams.get(&conn) {
-            return Some(id);
-        }
-        let id = self.inherited.remove(&conn)?;
-        self.streams.insert(conn, id);
-        Some(id)
-    }
-
-    /// What the earlier generator left for type `t` (of [`VIEW_TYPES`]) in view `id`, and how it carries over.
-    fn carried(&mut self, t: usize, id: ViewId) -> Option<(ResourceSet, Carry)> {
+    /// What the earlier generator left for type `t` (of [`VIEW_TYPES`]) in view `key`, and how it carries
+    /// over.
+    fn carried(&mut self, t: usize, key: &ViewKey) -> Option<(ResourceSet, Carry)> {
         let earlier = self.earlier.as_mut()?;
-        let key = &self.views[id as usize].0;
         let set = earlier.sets.get_mut(key)?[t].take()?;
         Some((set, carry(VIEW_TYPES[t], key, &earlier.moved)))
     }
@@ -176,6 +206,7 @@ impl Generator {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
         Generator {
             snapshot,
+            known: Known::default(),
             cache: Mutex::default(),
             secrets: None,
         }
@@ -193,27 +224,57 @@ impl Generator {
     ///
     /// When the pods are the same, each stream's view is carried over too (found by stream id, not worked
     /// out again from the proxy's node and Pod).
-    pub fn following(self, previous: &Generator) -> Self {
+    pub fn following(mut self, previous: &Generator) -> Self {
         let moved = self.snapshot.moved_since(&previous.snapshot);
         let same_pods = self.snapshot.workloads == previous.snapshot.workloads;
-        {
-            let prev = previous.cache.lock();
-            let mut cache = self.cache.lock();
-            if same_pods {
-                cache.ids = prev.ids.clone();
-                cache.views = (prev.views.iter())
-                    .map(|(key, _)| (key.clone(), Slots::default()))
-                    .collect();
-                cache.inherited = prev.streams.clone();
-            }
-            if let Some(moved) = moved {
-                let sets = (prev.views.iter())
-                    .map(|(key, slots)| (key.clone(), slots.each_ref().map(|s| s.get().cloned())))
-                    .collect();
-                cache.earlier = Some(Earlier { sets, moved });
+        let prev = previous.cache.lock();
+        let prev_views = || previous.known.views.iter().chain(&prev.views);
+        let cache = self.cache.get_mut();
+        if same_pods {
+            // Every view keeps its id, so the streams keep theirs.
+            cache.ids = prev.ids.clone();
+            self.known.views = prev_views()
+                .map(|(key, _)| (key.clone(), Slots::default()))
+                .collect();
+            let asked = (previous.known.streams.iter())
+                .filter(|(_, (_, asked))| asked.load(Relaxed))
+                .map(|(conn, (id, _))| (*conn, *id));
+            self.known.streams = asked
+                .chain(prev.streams.iter().map(|(conn, id)| (*conn, *id)))
+                .map(|(conn, id)| (conn, (id, AtomicBool::new(false))))
+                .collect();
+        }
+        if let Some(moved) = moved {
+            let sets = prev_views()
+                .map(|(key, slots)| (key.clone(), slots.each_ref().map(|s| s.get().cloned())))
+                .collect();
+            cache.earlier = Some(Earlier { sets, moved });
+        }
+        drop(prev);
+        self
+    }
+
+    /// The view of the stream `conn`, if this generator has it from the previous one; no lock.
+    fn known_view(&self, conn: u64) -> Option<ViewId> {
+        let (id, asked) = self.known.streams.get(&conn)?;
+        // Read first: a store on every ask would have the workers' caches pass the line back and forth.
+        if !asked.load(Relaxed) {
+            asked.store(true, Relaxed);
+        }
+        Some(*id)
+    }
+
+    /// The key and slot of type `t` of view `id`; a lock only for views new to this generator.
+    fn slot(&self, id: ViewId, t: usize) -> (ViewKey, Arc<OnceLock<ResourceSet>>) {
+        let first = self.known.views.len();
+        match self.known.views.get(id as usize) {
+            Some((key, slots)) => (key.clone(), slots[t].clone()),
+            None => {
+                let cache = self.cache.lock();
+                let (key, slots) = &cache.views[id as usize - first];
+                (key.clone(), slots[t].clone())
             }
         }
-        self
     }
 
     /// The snapshot this generator translates.
@@ -292,8 +353,8 @@ fn encoded<M: prost::Message + prost::Name>(
 impl Generator {
     /// The set of type `t` (of [`VIEW_TYPES`]) for view `id`, whose first asker is described by `meta`: carried over from the
     /// earlier generator where the moved endpoints leave it alone, else generated.
-    fn view_set(&self, t: usize, id: ViewId, meta: ProxyMeta) -> ResourceSet {
-        let carried = self.cache.lock().carried(t, id);
+    fn view_set(&self, t: usize, key: &ViewKey, meta: ProxyMeta) -> ResourceSet {
+        let carried = self.cache.lock().carried(t, key);
         match carried {
             Some((set, Carry::Same)) => set,
             Some((set, Carry::Endpoints(moved))) => {
@@ -339,30 +400,29 @@ impl Generate for Generator {
         let Some(t) = VIEW_TYPES.iter().position(|v| *v == type_url) else {
             return ResourceSet::default();
         };
-        let known = {
-            let mut cache = self.cache.lock();
-            let id = cache.stream(proxy.conn_id);
-            let slot = id.map(|id| &cache.views[id as usize].1[t]);
-            if let Some(set) = slot.and_then(|slot| slot.get()) {
-                return set.clone();
-            }
-            id
-        };
+        // The usual case: a stream the previous generator knew, asking for a set made already.
+        let known = self.known_view(proxy.conn_id);
+        if let Some(id) = known
+            && let Some((_, slots)) = self.known.views.get(id as usize)
+            && let Some(set) = slots[t].get()
+        {
+            return set.clone();
+        }
         let meta = proxy_meta(proxy);
-        let id = match known {
+        let id = match known.or_else(|| self.cache.lock().streams.get(&proxy.conn_id).copied()) {
             Some(id) => id,
             None => {
                 let key = ViewKey::of(&self.snapshot, &meta);
                 let mut cache = self.cache.lock();
-                let id = cache.id(key);
+                let id = cache.id(key, self.known.views.len());
                 cache.streams.insert(proxy.conn_id, id);
                 id
             }
         };
-        let slot = self.cache.lock().views[id as usize].1[t].clone();
+        let (key, slot) = self.slot(id, t);
         // Generated outside the cache lock. A stream asking for the same view meanwhile waits on the slot: a
         // push asks for every stream at once, and the work is the same for all of them.
-        slot.get_or_init(|| self.view_set(t, id, meta)).clone()
+        slot.get_or_init(|| self.view_set(t, &key, meta)).clone()
     }
 }
 
@@ -518,13 +578,17 @@ spec:
         let c1 = g1.generate(&a1, type_url::CLUSTER);
         // The same pods (a config change elsewhere would do too): the stream's view is the one it had.
         let g2 = generator(&mesh(8080), Some(&g1));
-        assert_eq!(g2.cache.lock().inherited.get(&1), Some(&0));
+        assert_eq!(g2.known_view(1), Some(0));
         let c2 = g2.generate(&a1, type_url::CLUSTER);
         assert_eq!(names(c2.items()), names(c1.items()));
-        assert!(g2.cache.lock().inherited.is_empty(), "taken on first ask");
+        assert!(g2.cache.lock().streams.is_empty(), "found without the lock");
+        // A stream that does not ask a generator is not carried on by the next one.
+        let g2b = generator(&mesh(8080), Some(&g2));
+        assert!(generator(&mesh(8080), Some(&g2b)).known_view(1).is_none());
+        assert_eq!(generator(&mesh(8080), Some(&g2)).known_view(1), Some(0));
         // Its Pod now declares another port: a new view, with that port's inbound cluster.
         let g3 = generator(&mesh(7070), Some(&g2));
-        assert!(g3.cache.lock().inherited.is_empty());
+        assert!(g3.known.streams.is_empty());
         assert!(
             g3.generate(&a1, type_url::CLUSTER)
                 .get("inbound|7070||")
