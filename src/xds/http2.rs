@@ -14,8 +14,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::task::{Context, Poll};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use futures::task::{ArcWake, AtomicWaker};
 use h2::RecvStream;
 use h2::server::SendResponse;
@@ -130,16 +128,17 @@ where
             return;
         }
     };
-    let mut streams: FuturesUnordered<StreamTask> = FuturesUnordered::new();
+    // Every stream is polled on every turn of the connection: Envoy opens one ADS stream per connection, and
+    // for one stream, telling which stream woke (a waker per stream, as `FuturesUnordered` keeps) cost more
+    // than it saves. `MAX_STREAMS` bounds the turn. With each stream, its fan-out mark: see `super::fanout`.
+    let mut streams: Vec<(StreamTask, Arc<Mark>)> = Vec::new();
     let mut drain = ads.shared.drain.clone();
     let draining = async move {
         let _ = drain.wait_for(|d| *d).await;
     };
     tokio::pin!(draining);
     let mut closing = false;
-    // The fan-out marks of this connection's streams, and whether a stream wrote since the socket was last
-    // written: see `super::fanout`.
-    let mut marks: Vec<Arc<Mark>> = Vec::new();
+    // Whether a stream wrote since the socket was last written: see `super::fanout`.
     let wrote = Arc::new(AtomicBool::new(false));
     let fanout = &ads.shared.fanout;
     let wake = Arc::new(InPoll::default());
@@ -161,14 +160,12 @@ where
                 conn.graceful_shutdown();
             }
             // Streams first: what they send is then written by `poll_accept` in this same turn.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut inner) {
-                marks.retain(|m| Arc::strong_count(m) > 1);
-            }
+            streams.retain_mut(|(stream, _)| stream.as_mut().poll(&mut inner).is_pending());
             // While a fan-out is on, a connection whose streams have had their push and have nothing to
             // write leaves its socket unread (`poll_accept` reads before it writes) until the fan-out ends.
             if !closing
                 && !wrote.swap(false, Relaxed)
-                && fanout.holds(marks.iter().map(|m| &**m))
+                && fanout.holds(streams.iter().map(|(_, m)| &**m))
                 && fanout.hold(cx.waker())
             {
                 socket_wake.muted.store(true, SeqCst);
@@ -179,9 +176,8 @@ where
             }
             match conn.poll_accept(&mut socket) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    if let Some((stream, mark)) = ads.open(req, respond, &wrote) {
+                    if let Some(stream) = ads.open(req, respond, &wrote) {
                         streams.push(stream);
-                        marks.push(mark);
                     }
                     wake.stop();
                     continue;
