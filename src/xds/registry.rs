@@ -108,6 +108,16 @@ impl Held {
         }
     }
 
+    /// Whether both hold the same allocation (not just equal contents).
+    pub(crate) fn ptr_eq(&self, other: &Held) -> bool {
+        match (&self.0, &other.0) {
+            (HeldRepr::Set(a), HeldRepr::Set(b)) => a.ptr_eq(b),
+            (HeldRepr::List(a), HeldRepr::List(b)) => Arc::ptr_eq(a, b),
+            (HeldRepr::Map(a), HeldRepr::Map(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// Whether something is held under `name`.
     pub fn contains_key(&self, name: &str) -> bool {
         match &self.0 {
@@ -244,8 +254,14 @@ impl Clone for TypeStatus {
     /// its state after each request and push.
     fn clone_from(&mut self, from: &Self) {
         self.wildcard = from.wildcard;
-        self.names.clone_from(&from.names);
-        self.sent.clone_from(&from.sent);
+        // The shared sets are left alone when they are the same: thousands of streams hold them, and a
+        // count bumped from both workers at once has its cache line passed back and forth.
+        if !Arc::ptr_eq(&self.names, &from.names) {
+            self.names.clone_from(&from.names);
+        }
+        if !self.sent.ptr_eq(&from.sent) {
+            self.sent.clone_from(&from.sent);
+        }
         self.nonce_sent.clone_from(&from.nonce_sent);
         self.version_sent.clone_from(&from.version_sent);
         self.acked_nonce.clone_from(&from.acked_nonce);

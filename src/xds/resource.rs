@@ -117,10 +117,11 @@ struct SetInner {
 /// others (often thousands) reuse: a push to an unchanged subscription then costs O(changes), not O(set).
 #[derive(Default)]
 struct Memo {
-    /// Selections by (shared) subscribed-name set; `None` is the whole set.
-    selections: parking_lot::Mutex<Vec<MemoSelection>>,
+    /// Selections by (shared) subscribed-name set; `None` is the whole set. Read-write locks: every stream
+    /// of a push reads them, from every worker at once, and only the first of a view writes.
+    selections: parking_lot::RwLock<Vec<MemoSelection>>,
     /// Differences from earlier sets, by their digest (which fixes their names and versions).
-    diffs: parking_lot::Mutex<Vec<(u64, Arc<SetDiff>)>>,
+    diffs: parking_lot::RwLock<Vec<(u64, Arc<SetDiff>)>>,
 }
 
 /// Some resources of a set, name-sorted, shared between the streams that asked for them.
@@ -204,7 +205,7 @@ impl ResourceSet {
     /// Memoized per name set, so streams sharing a subscription merge it once per generation.
     pub fn select(&self, names: &Arc<BTreeSet<String>>) -> Option<Selection> {
         let memo = &self.inner.memo.selections;
-        if let Some((_, chosen)) = memo.lock().iter().find(|(n, _)| Arc::ptr_eq(n, names)) {
+        if let Some((_, chosen)) = memo.read().iter().find(|(n, _)| Arc::ptr_eq(n, names)) {
             return chosen.clone();
         }
         // Merge the two name-sorted sequences instead of looking every resource up.
@@ -219,7 +220,7 @@ impl ResourceSet {
             }
         }
         let chosen = (out.len() != self.len()).then(|| Arc::from(out));
-        let mut memo = memo.lock();
+        let mut memo = memo.write();
         if memo.len() < MEMO_LIMIT {
             memo.push((names.clone(), chosen.clone()));
         }
@@ -230,7 +231,7 @@ impl ResourceSet {
     pub fn diff_from(&self, earlier: &ResourceSet) -> Arc<SetDiff> {
         let memo = &self.inner.memo.diffs;
         let key = earlier.digest();
-        if let Some((_, d)) = memo.lock().iter().find(|(k, _)| *k == key) {
+        if let Some((_, d)) = memo.read().iter().find(|(k, _)| *k == key) {
             return d.clone();
         }
         let mut d = SetDiff::default();
@@ -246,7 +247,7 @@ impl ResourceSet {
         }
         d.removed.extend(held.map(|o| o.name.clone()));
         let d = Arc::new(d);
-        let mut memo = memo.lock();
+        let mut memo = memo.write();
         if memo.len() < MEMO_LIMIT {
             memo.push((key, d.clone()));
         }
