@@ -75,17 +75,16 @@ fn endpoint_services(
         return None;
     }
     let mut services = BTreeSet::new();
-    let mut slices = BTreeSet::new();
+    let mut slices = Vec::new();
     for key in &changes.keys {
         match key.kind {
             Kind::Endpoints => {
                 services.insert((key.namespace.clone(), key.name.clone()));
             }
-            _ => {
-                slices.insert((key.namespace.as_str(), key.name.as_str()));
-            }
+            _ => slices.push((key.namespace.as_str(), key.name.as_str())),
         }
     }
+    let slices = Keys::new(slices);
     // One pass over the slices now and the ones the earlier snapshot was built from.
     let slice_objects = objects
         .iter()
@@ -97,7 +96,7 @@ fn endpoint_services(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
         );
-        if slices.contains(&key)
+        if slices.contains(key.0, key.1)
             && let Some(service) = meta
                 .labels
                 .as_ref()
@@ -107,6 +106,33 @@ fn endpoint_services(
         }
     }
     Some(services)
+}
+
+/// A few `(namespace, name)` keys, looked up once per stored object of a kind: compared one by one while
+/// they are few (an endpoint change names one or two services, and hashing each of thousands of objects'
+/// keys cost more than the patch it decides), hashed when many.
+enum Keys<'a> {
+    Few(Vec<(&'a str, &'a str)>),
+    Many(HashSet<(&'a str, &'a str)>),
+}
+
+impl<'a> Keys<'a> {
+    const FEW: usize = 8;
+
+    fn new(keys: Vec<(&'a str, &'a str)>) -> Self {
+        match keys.len() <= Self::FEW {
+            true => Keys::Few(keys),
+            false => Keys::Many(keys.into_iter().collect()),
+        }
+    }
+
+    fn contains(&self, namespace: &str, name: &str) -> bool {
+        match self {
+            // The name first: it tells objects apart more often than the namespace.
+            Keys::Few(keys) => keys.iter().any(|(ns, n)| *n == name && *ns == namespace),
+            Keys::Many(keys) => keys.contains(&(namespace, name)),
+        }
+    }
 }
 
 /// Counts for the one-line log and the debug API.
@@ -171,12 +197,15 @@ impl Snapshot {
         objects: &[Object],
         mut problems: Vec<ConfigError>,
     ) -> Snapshot {
-        let changed_keys: HashSet<(&str, &str)> = (changed.iter())
-            .map(|(n, m)| (n.as_str(), m.as_str()))
-            .collect();
+        let changed_keys = Keys::new(
+            changed
+                .iter()
+                .map(|(n, m)| (n.as_str(), m.as_str()))
+                .collect(),
+        );
         let is_changed = |ns: &Option<String>, name: Option<&String>| {
             let ns = ns.as_deref().unwrap_or_default();
-            name.is_some_and(|name| changed_keys.contains(&(ns, name.as_str())))
+            name.is_some_and(|name| changed_keys.contains(ns, name))
         };
         let mut inputs = Inputs::default();
         let mut slices = Vec::new();
