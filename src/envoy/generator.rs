@@ -397,7 +397,7 @@ impl Generate for Generator {
                 _ => ResourceSet::default(),
             };
         }
-        let Some(t) = VIEW_TYPES.iter().position(|v| *v == type_url) else {
+        let Some(t) = VIEW_TYPES.iter().position(|v| type_url::same(v, type_url)) else {
             return ResourceSet::default();
         };
         // The usual case: a stream the previous generator knew, asking for a set made already.

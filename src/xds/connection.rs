@@ -11,7 +11,6 @@
 //! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
 //! The per type URL state lives in [`super::type_state`].
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -539,21 +538,9 @@ impl ConnState {
     ) -> bool {
         let started = Instant::now();
         self.generation = Some(ctx.version);
-        // The known types in push order, then any other type a response is owed for (its first request
-        // came before the first generation): a generator has nothing else to push. Every subscribed type is
-        // asked: a generator hands back the very set it gave before for what a change left alone, which
-        // costs a pointer compare here.
-        let mut types: Vec<Cow<'static, str>> = type_url::PUSH_ORDER
-            .iter()
-            .filter(|t| self.types.get(t).is_some())
-            .map(|t| Cow::Borrowed(*t))
-            .collect();
-        types.extend(
-            self.types
-                .iter()
-                .filter(|(t, s)| s.must_respond && !type_url::PUSH_ORDER.contains(t))
-                .map(|(t, _)| Cow::Owned(t.to_owned())),
-        );
+        // Every subscribed type is asked: a generator hands back the very set it gave before for what a
+        // change left alone, which costs a pointer compare here.
+        let types = self.types.to_push();
         let mut responses: Vec<F::Response> = Vec::new();
         // Only the types answered changed in a way the debug registry shows.
         let mut answered: Vec<&str> = Vec::new();

@@ -1,6 +1,7 @@
 //! Per type URL state of one ADS stream: the subscription, the nonces sent and ACKed, the last NACK, and what
 //! the last response carried; owned by the stream's task ([`super::connection`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
@@ -9,7 +10,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tracing::{debug, warn};
 
 use super::registry::{Chosen, Nack, TypeStatus};
-use super::{Metrics, ResourceSet};
+use super::{Metrics, ResourceSet, type_url};
 
 /// What the `response_nonce` of a request says about the previous response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,40 +159,101 @@ fn set(slot: &mut Option<String>, value: &str) {
     }
 }
 
-/// A stream's per type URL state, in the order types were first requested. A stream has at most a handful
-/// of types; a list compared with `==` (lengths first: the URLs share a long prefix) is cheaper to search
-/// than a map ordered by the whole string, and smaller than a map node.
+/// A stream's per type URL state, in push order ([`type_url::PUSH_ORDER`], then other types in the order they
+/// were first requested), with each type's rank in it. A stream has at most a handful of types: a list is
+/// cheaper to search than a map ordered by the whole string, and smaller than a map node. Known type URLs are
+/// kept as their constants, so lookups with the constants compare addresses ([`type_url::same`]).
 #[derive(Debug, Default)]
-pub(crate) struct TypeStates(Vec<(String, TypeState)>);
+pub(crate) struct TypeStates(Vec<(Cow<'static, str>, usize, TypeState)>);
 
 impl TypeStates {
     pub fn get(&self, type_url: &str) -> Option<&TypeState> {
-        self.0.iter().find(|(t, _)| t == type_url).map(|(_, s)| s)
+        let found = self.0.iter().find(|(t, _, _)| type_url::same(t, type_url));
+        found.map(|(_, _, s)| s)
     }
 
     pub fn get_mut(&mut self, type_url: &str) -> Option<&mut TypeState> {
-        self.0
+        let found = self
+            .0
             .iter_mut()
-            .find(|(t, _)| t == type_url)
-            .map(|(_, s)| s)
+            .find(|(t, _, _)| type_url::same(t, type_url));
+        found.map(|(_, _, s)| s)
     }
 
     /// The state of `type_url`, created on first use; `true` if it was just created.
     pub fn get_or_insert(&mut self, type_url: &str) -> (&mut TypeState, bool) {
-        match self.0.iter().position(|(t, _)| t == type_url) {
-            Some(i) => (&mut self.0[i].1, false),
-            None => {
-                self.0.push((type_url.to_owned(), TypeState::default()));
-                (&mut self.0.last_mut().expect("just pushed").1, true)
-            }
+        if let Some(i) = self
+            .0
+            .iter()
+            .position(|(t, _, _)| type_url::same(t, type_url))
+        {
+            return (&mut self.0[i].2, false);
         }
+        let rank = type_url::push_rank(type_url);
+        let at = self.0.partition_point(|(_, r, _)| *r <= rank);
+        let url = type_url::intern(type_url);
+        self.0.insert(at, (url, rank, TypeState::default()));
+        (&mut self.0[at].2, true)
     }
 
+    /// Every type, in push order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &TypeState)> {
-        self.0.iter().map(|(t, s)| (t.as_str(), s))
+        self.0.iter().map(|(t, _, s)| (&**t, s))
+    }
+
+    /// The types a push asks the generator for, in push order: every known type subscribed, and another
+    /// type only when a response is owed for it (its first request came before the first generation).
+    pub fn to_push(&self) -> Vec<Cow<'static, str>> {
+        let due = |(_, rank, s): &&(Cow<'static, str>, usize, TypeState)| {
+            *rank < type_url::PUSH_ORDER.len() || s.must_respond
+        };
+        self.0
+            .iter()
+            .filter(due)
+            .map(|(t, _, _)| t.clone())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_are_kept_in_push_order_and_other_types_are_pushed_only_when_owed() {
+        let mut types = TypeStates::default();
+        let other = "type.googleapis.com/example.Other";
+        for t in [
+            type_url::ROUTE,
+            other,
+            type_url::CLUSTER,
+            type_url::LISTENER,
+        ] {
+            assert!(types.get_or_insert(t).1, "{t} is new");
+        }
+        assert!(!types.get_or_insert(&type_url::CLUSTER.to_owned()).1);
+        let order: Vec<&str> = types.iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            order,
+            [
+                type_url::CLUSTER,
+                type_url::LISTENER,
+                type_url::ROUTE,
+                other
+            ]
+        );
+        assert_eq!(
+            types.to_push(),
+            [type_url::CLUSTER, type_url::LISTENER, type_url::ROUTE]
+        );
+        types.get_mut(other).unwrap().must_respond = true;
+        assert_eq!(types.to_push().len(), 4);
+        // Looked up by a copy of the URL as well as by the constant.
+        assert!(types.get(&type_url::ROUTE.to_owned()).is_some());
+        assert!(types.get(type_url::ENDPOINT).is_none());
     }
 }
