@@ -193,8 +193,11 @@ impl ConnState {
             let Some(state) = self.types.get(type_url) else {
                 continue;
             };
-            match entry.types.get_mut(type_url) {
-                Some(status) => (**status).clone_from(&state.status),
+            // A scan of a handful of entries, lengths first (the known URLs differ in length): the map's
+            // ordered search compared the URLs' long common prefix at every step.
+            let published = (entry.types.iter_mut()).find(|(t, _)| type_url::same(t, type_url));
+            match published {
+                Some((_, status)) => (**status).clone_from(&state.status),
                 None => {
                     entry
                         .types
