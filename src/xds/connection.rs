@@ -38,8 +38,11 @@ pub(crate) struct Shared {
     pub ctx_rx: watch::Receiver<Option<Arc<PushContext>>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    /// Bounds how many connections compute a push at once.
-    pub push_permits: Arc<Semaphore>,
+    /// Bounds how many connections compute a push at once; `None` when the bound is no smaller than the
+    /// runtime's workers. A push is computed within one poll (its permit is let go before anything is
+    /// sent), so no more run at once than there are workers, and a semaphore that never makes anyone wait
+    /// costs two updates of a count every worker shares on every push.
+    pub push_permits: Option<Arc<Semaphore>>,
     /// Bounds how many new streams are in their initial sync at once.
     pub sync_permits: Arc<Semaphore>,
     /// Becomes `true` (or closes) when the server drains: streams end so Envoy reconnects elsewhere.
@@ -434,7 +437,7 @@ impl ConnState {
                 }, if permit.is_some() => {
                     permit = None;
                     let Ok(permit) = granted else { break };
-                    if !Box::pin(self.push_latest::<F>(&mut ctx_rx, &mut out, permit)).await {
+                    if !Box::pin(self.push_latest::<F>(&mut ctx_rx, &mut out, Some(permit))).await {
                         break;
                     }
                 }
@@ -444,16 +447,19 @@ impl ConnState {
                         break;
                     }
                     // Pushes are short, so a permit is usually free: take it without queueing.
-                    match self.shared.push_permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            if !Box::pin(self.push_latest::<F>(&mut ctx_rx, &mut out, permit)).await {
-                                break;
+                    let acquired = match &self.shared.push_permits {
+                        None => None,
+                        Some(permits) => match permits.clone().try_acquire_owned() {
+                            Ok(permit) => Some(permit),
+                            Err(TryAcquireError::NoPermits) => {
+                                permit = Some(Box::pin(permits.clone().acquire_owned()));
+                                continue;
                             }
-                        }
-                        Err(TryAcquireError::NoPermits) => {
-                            permit = Some(Box::pin(self.shared.push_permits.clone().acquire_owned()));
-                        }
-                        Err(TryAcquireError::Closed) => break,
+                            Err(TryAcquireError::Closed) => break,
+                        },
+                    };
+                    if !Box::pin(self.push_latest::<F>(&mut ctx_rx, &mut out, acquired)).await {
+                        break;
                     }
                 }
             }
@@ -520,7 +526,7 @@ impl ConnState {
         &mut self,
         ctx_rx: &mut watch::Receiver<Option<Arc<PushContext>>>,
         out: &mut Out<F>,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> bool {
         let ctx = ctx_rx.borrow_and_update().clone();
         match ctx {
@@ -537,7 +543,7 @@ impl ConnState {
         &mut self,
         ctx: &PushContext,
         out: &mut Out<F>,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> bool {
         let started = Instant::now();
         self.generation = Some(ctx.version);

@@ -41,7 +41,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 pub struct Config {
     /// Address to bind (`0.0.0.0:15010`; port 0 in tests).
     pub addr: SocketAddr,
-    /// How many connections may compute a push at once.
+    /// How many connections may compute a push at once (never more than the runtime has workers: a push is
+    /// computed within one poll).
     pub push_concurrency: usize,
     /// How many new streams may be in their initial sync at once (first request until every response is
     /// ACKed, or 5 s). A fleet reconnecting at once (after a restart) otherwise has every full
@@ -145,12 +146,14 @@ impl Server {
             }
             (None, None) => None,
         };
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let shared = Arc::new(Shared {
             authenticator,
             ctx_rx: self.ctx_rx,
             registry: self.registry.clone(),
             metrics: self.metrics,
-            push_permits: Arc::new(Semaphore::new(self.cfg.push_concurrency.max(1))),
+            push_permits: (self.cfg.push_concurrency < workers)
+                .then(|| Arc::new(Semaphore::new(self.cfg.push_concurrency.max(1)))),
             sync_permits: Arc::new(Semaphore::new(self.cfg.sync_concurrency.max(1))),
             drain: drain_rx,
             name_sets: Default::default(),
