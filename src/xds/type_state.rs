@@ -235,7 +235,9 @@ mod tests {
         ] {
             assert!(types.get_or_insert(t).1, "{t} is new");
         }
-        assert!(!types.get_or_insert(&type_url::CLUSTER.to_owned()).1);
+        // A copy of the URL (as a request carries it) finds the entry kept under the constant.
+        let copy = String::from(type_url::CLUSTER);
+        assert!(!types.get_or_insert(&copy).1);
         let order: Vec<&str> = types.iter().map(|(t, _)| t).collect();
         assert_eq!(
             order,
@@ -252,8 +254,8 @@ mod tests {
         );
         types.get_mut(other).unwrap().must_respond = true;
         assert_eq!(types.to_push().len(), 4);
-        // Looked up by a copy of the URL as well as by the constant.
-        assert!(types.get(&type_url::ROUTE.to_owned()).is_some());
+        let copy = String::from(type_url::ROUTE);
+        assert!(types.get(&copy).is_some());
         assert!(types.get(type_url::ENDPOINT).is_none());
     }
 }
