@@ -566,12 +566,15 @@ fn main() {
         Some(g) if g == "real" => "real",
         _ => "static",
     };
+    // A server publishes from a task on the runtime's workers, as the app's `publish_push_contexts` does: from
+    // the main thread (outside the workers), every stream's wake went through the runtime's shared queue.
     if std::env::args().any(|a| a == "--serve") {
-        rt.block_on(serve(generator == "real"));
+        rt.block_on(rt.spawn(serve(generator == "real"))).unwrap();
         return;
     }
     if std::env::args().any(|a| a == "--serve-bare") {
-        rt.block_on(bare::serve(endpoints(&svc(0), &eps(0, 1))));
+        let resource = endpoints(&svc(0), &eps(0, 1));
+        rt.block_on(rt.spawn(bare::serve(resource))).unwrap();
         return;
     }
     let clients = arg("--clients", 100);
