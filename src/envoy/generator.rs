@@ -264,16 +264,21 @@ impl Generator {
         Some(*id)
     }
 
-    /// The key and slot of type `t` of view `id`; a lock only for views new to this generator.
-    fn slot(&self, id: ViewId, t: usize) -> (ViewKey, Arc<OnceLock<ResourceSet>>) {
-        let first = self.known.views.len();
+    /// The slot of type `t` of view `id`; a lock only for views new to this generator.
+    fn slot(&self, id: ViewId, t: usize) -> Arc<OnceLock<ResourceSet>> {
         match self.known.views.get(id as usize) {
-            Some((key, slots)) => (key.clone(), slots[t].clone()),
-            None => {
-                let cache = self.cache.lock();
-                let (key, slots) = &cache.views[id as usize - first];
-                (key.clone(), slots[t].clone())
-            }
+            Some((_, slots)) => slots[t].clone(),
+            None => self.cache.lock().views[id as usize - self.known.views.len()].1[t].clone(),
+        }
+    }
+
+    /// The key of view `id`, for the stream that generates one of its sets.
+    fn view_key(&self, id: ViewId) -> ViewKey {
+        match self.known.views.get(id as usize) {
+            Some((key, _)) => key.clone(),
+            None => self.cache.lock().views[id as usize - self.known.views.len()]
+                .0
+                .clone(),
         }
     }
 
@@ -408,21 +413,40 @@ impl Generate for Generator {
         {
             return set.clone();
         }
-        let meta = proxy_meta(proxy);
-        let id = match known.or_else(|| self.cache.lock().streams.get(&proxy.conn_id).copied()) {
-            Some(id) => id,
+        let first = self.known.views.len();
+        let found = match known {
+            Some(id) => Some((id, self.slot(id, t))),
+            // A stream new to this generator, asking again: one lock finds its view and the slot.
             None => {
-                let key = ViewKey::of(&self.snapshot, &meta);
-                let mut cache = self.cache.lock();
-                let id = cache.id(key, self.known.views.len());
-                cache.streams.insert(proxy.conn_id, id);
-                id
+                let cache = self.cache.lock();
+                let id = cache.streams.get(&proxy.conn_id).copied();
+                id.map(|id| {
+                    let slots = match self.known.views.get(id as usize) {
+                        Some((_, slots)) => slots,
+                        None => &cache.views[id as usize - first].1,
+                    };
+                    (id, slots[t].clone())
+                })
             }
         };
-        let (key, slot) = self.slot(id, t);
+        let (id, slot) = match found {
+            Some(found) => found,
+            None => {
+                let key = ViewKey::of(&self.snapshot, &proxy_meta(proxy));
+                let id = {
+                    let mut cache = self.cache.lock();
+                    let id = cache.id(key, first);
+                    cache.streams.insert(proxy.conn_id, id);
+                    id
+                };
+                (id, self.slot(id, t))
+            }
+        };
         // Generated outside the cache lock. A stream asking for the same view meanwhile waits on the slot: a
-        // push asks for every stream at once, and the work is the same for all of them.
-        slot.get_or_init(|| self.view_set(t, &key, meta)).clone()
+        // push asks for every stream at once, and the work is the same for all of them. Only the stream that
+        // generates works out the proxy's description and copies the view's key.
+        slot.get_or_init(|| self.view_set(t, &self.view_key(id), proxy_meta(proxy)))
+            .clone()
     }
 }
 
@@ -582,6 +606,16 @@ spec:
         let c2 = g2.generate(&a1, type_url::CLUSTER);
         assert_eq!(names(c2.items()), names(c1.items()));
         assert!(g2.cache.lock().streams.is_empty(), "found without the lock");
+        // A stream new to the generator, of a view it took over: the same sets, asked once and again.
+        let again = proxy("app-1", "10.0.0.5", 7);
+        for _ in 0..2 {
+            assert!(g2.generate(&again, type_url::CLUSTER).ptr_eq(&c2));
+            assert!(
+                g2.generate(&again, type_url::LISTENER)
+                    .ptr_eq(&g2.generate(&a1, type_url::LISTENER))
+            );
+        }
+        assert_eq!(g2.cache.lock().streams.get(&7), Some(&0));
         // A stream that does not ask a generator is not carried on by the next one.
         let g2b = generator(&mesh(8080), Some(&g2));
         assert!(generator(&mesh(8080), Some(&g2b)).known_view(1).is_none());
