@@ -264,21 +264,11 @@ impl Generator {
         Some(*id)
     }
 
-    /// The slot of type `t` of view `id`; a lock only for views new to this generator.
-    fn slot(&self, id: ViewId, t: usize) -> Arc<OnceLock<ResourceSet>> {
+    /// `f` of view `id`: a view taken over, without a lock; one new to this generator, under it.
+    fn with_view<R>(&self, id: ViewId, f: impl FnOnce(&(ViewKey, Slots)) -> R) -> R {
         match self.known.views.get(id as usize) {
-            Some((_, slots)) => slots[t].clone(),
-            None => self.cache.lock().views[id as usize - self.known.views.len()].1[t].clone(),
-        }
-    }
-
-    /// The key of view `id`, for the stream that generates one of its sets.
-    fn view_key(&self, id: ViewId) -> ViewKey {
-        match self.known.views.get(id as usize) {
-            Some((key, _)) => key.clone(),
-            None => self.cache.lock().views[id as usize - self.known.views.len()]
-                .0
-                .clone(),
+            Some(view) => f(view),
+            None => f(&self.cache.lock().views[id as usize - self.known.views.len()]),
         }
     }
 
@@ -415,7 +405,7 @@ impl Generate for Generator {
         }
         let first = self.known.views.len();
         let found = match known {
-            Some(id) => Some((id, self.slot(id, t))),
+            Some(id) => Some((id, self.with_view(id, |(_, slots)| slots[t].clone()))),
             // A stream new to this generator, asking again: one lock finds its view and the slot.
             None => {
                 let cache = self.cache.lock();
@@ -439,14 +429,20 @@ impl Generate for Generator {
                     cache.streams.insert(proxy.conn_id, id);
                     id
                 };
-                (id, self.slot(id, t))
+                (id, self.with_view(id, |(_, slots)| slots[t].clone()))
             }
         };
         // Generated outside the cache lock. A stream asking for the same view meanwhile waits on the slot: a
         // push asks for every stream at once, and the work is the same for all of them. Only the stream that
         // generates works out the proxy's description and copies the view's key.
-        slot.get_or_init(|| self.view_set(t, &self.view_key(id), proxy_meta(proxy)))
-            .clone()
+        slot.get_or_init(|| {
+            self.view_set(
+                t,
+                &self.with_view(id, |(key, _)| key.clone()),
+                proxy_meta(proxy),
+            )
+        })
+        .clone()
     }
 }
 
