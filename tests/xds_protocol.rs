@@ -65,12 +65,7 @@ async fn wait_type(
         .unwrap_or_else(|last| panic!("condition on {type_url} not met; registry: {last:#?}"));
     found
         .iter()
-        .find_map(|c| {
-            c.types
-                .get(type_url)
-                .filter(|t| cond(t))
-                .map(|t| (**t).clone())
-        })
+        .find_map(|c| c.types.get(type_url).filter(|t| cond(t)).cloned())
         .unwrap()
 }
 

@@ -11,7 +11,7 @@
 //! SotW and delta differ only in how a request changes the state and how a response is built ([`Flavor`]).
 //! The per type URL state lives in [`super::type_state`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,6 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use parking_lot::MutexGuard;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
@@ -27,10 +28,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::fanout::{Fanout, Mark};
 use super::grpc::{RequestStream, ResponseSink, Wire};
-use super::registry::{Chosen, ConnectionStatus, Entry, Held, Protocol, Registry};
+use super::registry::{Chosen, Entry, Held, Live, Protocol, Registry};
 use super::server::SYNC_HOLD;
 pub(crate) use super::type_state::{NonceCheck, TypeState, TypeStates};
-use super::{Authenticate, Metrics, Proxy, PushContext, XdsResource, type_url};
+use super::{Authenticate, Metrics, Proxy, PushContext, XdsResource};
 
 /// State shared by every stream of one server.
 pub(crate) struct Shared {
@@ -168,48 +169,37 @@ impl Shared {
     }
 }
 
-/// A stream's state.
-pub(crate) struct ConnState {
-    pub proxy: Arc<Proxy>,
-    /// This stream's entry in the registry.
-    pub entry: Entry,
-    /// Generation last pushed to (or current when) this stream.
-    pub generation: Option<u64>,
-    pub types: TypeStates,
-    pub shared: Arc<Shared>,
+/// A running stream: its proxy, its state (in its registry entry), and its part in fan-outs.
+struct Stream {
+    proxy: Arc<Proxy>,
+    /// This stream's state, kept in its registry entry (see [`super::registry`]).
+    live: Entry,
+    shared: Arc<Shared>,
     /// This stream's part in fan-outs, read by its connection.
-    pub mark: Arc<Mark>,
+    mark: Arc<Mark>,
 }
 
-impl ConnState {
+/// What a request or a push works on: the stream's state, locked, and what it needs alongside.
+pub(crate) struct ConnState<'a> {
+    pub proxy: &'a Arc<Proxy>,
+    pub shared: &'a Shared,
+    pub live: MutexGuard<'a, Live>,
+}
+
+impl ConnState<'_> {
     /// The state of `type_url`, created on first use; `true` if it was just created.
     pub fn type_state(&mut self, type_url: &str) -> (&mut TypeState, bool) {
-        self.types.get_or_insert(type_url)
+        self.live.types.get_or_insert(type_url)
     }
+}
 
-    /// Copies the state of `types` (the ones a request or a push touched) into the registry entry, in
-    /// place: this runs after every request and push.
-    fn publish<'a>(&self, types: impl IntoIterator<Item = &'a str>) {
-        let mut entry = self.entry.lock();
-        entry.generation = self.generation;
-        for type_url in types {
-            let Some(state) = self.types.get(type_url) else {
-                continue;
-            };
-            // A scan of a handful of entries, lengths first (the known URLs differ in length): the map's
-            // ordered search compared the URLs' long common prefix at every step.
-            let published = (entry.types.iter_mut()).find(|(t, _)| type_url::same(t, type_url));
-            match published {
-                Some((_, status)) => (**status).clone_from(&state.status),
-                None => {
-                    entry
-                        .types
-                        .insert(type_url.to_owned(), Box::new(state.status.clone()));
-                }
-            }
+impl Stream {
+    fn state(&self) -> ConnState<'_> {
+        ConnState {
+            proxy: &self.proxy,
+            shared: &self.shared,
+            live: self.live.lock(),
         }
-        drop(entry);
-        self.shared.registry.changed();
     }
 }
 
@@ -230,12 +220,12 @@ pub(crate) trait Flavor: Send + 'static {
 
     /// Applies a request to the state. Returns the request's type URL, and whether the protocol owes a
     /// response for it now.
-    fn apply(conn: &mut ConnState, req: Self::Request) -> Result<(String, bool), Status>;
+    fn apply(conn: &mut ConnState<'_>, req: Self::Request) -> Result<(String, bool), Status>;
 
     /// Builds the response for `type_url` from `ctx`, or `None` when the client's view did not change and no
     /// response is owed. `push` is the generation's publication time when a push (not a request) causes it.
     fn build(
-        conn: &mut ConnState,
+        conn: &mut ConnState<'_>,
         type_url: &str,
         ctx: &PushContext,
         push: Option<Instant>,
@@ -342,30 +332,31 @@ pub(crate) async fn run<F: Flavor>(
     };
     let span = info_span!("ads", node_id = %proxy.id, conn_id, protocol = ?F::PROTOCOL);
     shared.metrics.connected.fetch_add(1, Relaxed);
-    let entry = shared.registry.insert(ConnectionStatus {
+    let live = shared.registry.insert(Live {
         conn_id,
         proxy: proxy.clone(),
         protocol: F::PROTOCOL,
         connected_at: SystemTime::now(),
         generation: None,
-        types: BTreeMap::new(),
+        types: TypeStates::default(),
     });
     let _registered = Registered {
         shared: shared.clone(),
         conn_id,
     };
-    let conn = ConnState {
+    let stream = Stream {
         proxy,
-        entry,
-        generation: None,
-        types: TypeStates::default(),
+        live,
         shared,
         mark,
     };
-    conn.serve::<F>(first, inbound, out).instrument(span).await;
+    stream
+        .serve::<F>(first, inbound, out)
+        .instrument(span)
+        .await;
 }
 
-impl ConnState {
+impl Stream {
     async fn serve<F: Flavor>(
         mut self,
         first: F::Request,
@@ -375,7 +366,8 @@ impl ConnState {
         info!("ADS stream connected");
         let mut ctx_rx = self.shared.ctx_rx.clone();
         // Requests are answered from the generation current when they arrive; only later ones are pushes.
-        self.generation = ctx_rx.borrow_and_update().as_ref().map(|c| c.version);
+        let generation = ctx_rx.borrow_and_update().as_ref().map(|c| c.version);
+        self.live.lock().generation = generation;
         // Both waits live as long as the stream: made anew on every turn of the loop, each would join and
         // leave its watch's waiter list (one lock shared by every stream) on every request.
         let mut generations = WatchStream::from_changes(ctx_rx.clone());
@@ -468,11 +460,9 @@ impl ConnState {
 
     /// Every type subscribed so far got a response, and the client ACKed the last one.
     fn synced(&self) -> bool {
-        !self.types.is_empty()
-            && self
-                .types
-                .iter()
-                .all(|(_, t)| !t.must_respond && t.status.is_acked())
+        let live = self.live.lock();
+        !live.types.is_empty()
+            && (live.types.iter()).all(|(_, t)| !t.must_respond && t.status.is_acked())
     }
 
     /// Applies one request and sends the response it calls for. `false` ends the stream.
@@ -482,24 +472,28 @@ impl ConnState {
         ctx_rx: &watch::Receiver<Option<Arc<PushContext>>>,
         out: &mut Out<F>,
     ) -> bool {
-        let (type_url, due) = match F::apply(self, req) {
-            Ok(applied) => applied,
+        // The state's lock is let go before anything is awaited.
+        let applied = {
+            let mut conn = self.state();
+            F::apply(&mut conn, req).map(|(type_url, due)| {
+                // Clone the Arc and drop the borrow at once: never hold a watch borrow across an await.
+                let ctx = ctx_rx.borrow().clone();
+                match (due, ctx) {
+                    (true, Some(ctx)) => F::build(&mut conn, &type_url, &ctx, None),
+                    // No snapshot yet: `must_respond` stays set and the first generation answers.
+                    _ => None,
+                }
+            })
+        };
+        let resp = match applied {
+            Ok(resp) => resp,
             Err(status) => {
                 warn!(%status, "bad ADS request");
                 out.close(&status);
                 return false;
             }
         };
-        // Clone the Arc and drop the borrow at once: never hold a watch borrow across an await.
-        let ctx = ctx_rx.borrow().clone();
-        let resp = match (due, ctx) {
-            (true, Some(ctx)) => F::build(self, &type_url, &ctx, None),
-            // No snapshot yet: `must_respond` stays set and the first generation answers.
-            _ => None,
-        };
-        // A CDS response may have touched EDS too (re-warmed clusters).
-        let rewarmed = (type_url == type_url::CLUSTER).then_some(type_url::ENDPOINT);
-        self.publish(std::iter::once(type_url.as_str()).chain(rewarmed));
+        self.shared.registry.changed();
         match resp {
             Some(resp) => self.send(out, &resp).await,
             None => true,
@@ -546,22 +540,19 @@ impl ConnState {
         permit: Option<OwnedSemaphorePermit>,
     ) -> bool {
         let started = Instant::now();
-        self.generation = Some(ctx.version);
-        // Every subscribed type is asked: a generator hands back the very set it gave before for what a
-        // change left alone, which costs a pointer compare here.
-        let types = self.types.to_push();
-        let mut responses: Vec<F::Response> = Vec::new();
-        // Only the types answered changed in a way the debug registry shows.
-        let mut answered: Vec<&str> = Vec::new();
-        for t in &types {
-            if let Some(resp) = F::build(self, t, ctx, Some(ctx.published)) {
-                responses.push(resp);
-                answered.push(t);
-            }
-        }
+        let responses = {
+            let mut conn = self.state();
+            conn.live.generation = Some(ctx.version);
+            // Every subscribed type is asked: a generator hands back the very set it gave before for what
+            // a change left alone, which costs a pointer compare here.
+            let types = conn.live.types.to_push();
+            (types.iter())
+                .filter_map(|t| F::build(&mut conn, t, ctx, Some(ctx.published)))
+                .collect::<Vec<_>>()
+        };
         self.shared.metrics.push_time.observe(started.elapsed());
         debug!(version = ctx.version, responses = responses.len(), "push");
-        self.publish(answered);
+        self.shared.registry.changed();
         drop(permit);
         self.shared.fanout.took(&self.mark, ctx.version);
         for resp in &responses {
@@ -628,7 +619,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::xds::{ResourceSet, SentResource};
+    use crate::xds::{ResourceSet, SentResource, type_url};
 
     fn res(name: &str, body: &'static [u8]) -> Arc<XdsResource> {
         Arc::new(XdsResource::from_bytes(

@@ -36,12 +36,14 @@ impl Flavor for Delta {
         req.node.as_ref()
     }
 
-    fn apply(conn: &mut ConnState, req: DeltaDiscoveryRequest) -> Result<(String, bool), Status> {
+    fn apply(
+        conn: &mut ConnState<'_>,
+        req: DeltaDiscoveryRequest,
+    ) -> Result<(String, bool), Status> {
         if req.type_url.is_empty() {
             return Err(Status::invalid_argument("ADS request without type_url"));
         }
-        let metrics = conn.shared.metrics.clone();
-        let shared = conn.shared.clone();
+        let shared = conn.shared;
         let (ts, is_new) = conn.type_state(&req.type_url);
         ts.check_nonce(
             is_new,
@@ -49,7 +51,7 @@ impl Flavor for Delta {
             &req.response_nonce,
             None,
             req.error_detail.as_ref(),
-            &metrics,
+            &shared.metrics,
         );
 
         if is_new && !req.initial_resource_versions.is_empty() {
@@ -105,17 +107,17 @@ impl Flavor for Delta {
     }
 
     fn build(
-        conn: &mut ConnState,
+        conn: &mut ConnState<'_>,
         type_url: &str,
         ctx: &PushContext,
         push: Option<Instant>,
     ) -> Option<WireResponse<DeltaDiscoveryResponse>> {
         let ConnState {
-            types,
+            live,
             proxy,
             shared,
-            ..
         } = conn;
+        let types = &mut live.types;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
         let Diff {

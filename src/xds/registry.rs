@@ -1,8 +1,9 @@
 //! Read-only view of every ADS connection for the debug API (`/debug/syncz`, `/debug/config_dump`).
 //!
-//! Each connection task owns its state and copies it into its own entry here after every event it handles
-//! (in place: big fields are `Arc`s and strings reuse their buffers, so a publish allocates nothing); readers
-//! lock one entry at a time and never block a stream for longer than one entry's clone.
+//! Each stream keeps its state in its own entry here and works on it under the entry's lock, which nobody else
+//! holds but a reader copying it out: nothing is copied per request or push (a copy after each one was a
+//! few percent of a busy server's CPU, mostly cache misses on the copy). Readers lock one entry at a time
+//! and never block a stream for longer than one entry's copy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+use super::type_state::TypeStates;
 use super::{Proxy, ResourceSet, XdsResource};
 
 /// Which ADS flavour a stream speaks.
@@ -105,16 +107,6 @@ impl Held {
             HeldRepr::Set(s) => s.get(name).cloned().map(SentResource::Sent),
             HeldRepr::List(l) => find(l, name).cloned().map(SentResource::Sent),
             HeldRepr::Map(m) => m.get(name).cloned(),
-        }
-    }
-
-    /// Whether both hold the same allocation (not just equal contents).
-    pub(crate) fn ptr_eq(&self, other: &Held) -> bool {
-        match (&self.0, &other.0) {
-            (HeldRepr::Set(a), HeldRepr::Set(b)) => a.ptr_eq(b),
-            (HeldRepr::List(a), HeldRepr::List(b)) => Arc::ptr_eq(a, b),
-            (HeldRepr::Map(a), HeldRepr::Map(b)) => Arc::ptr_eq(a, b),
-            _ => false,
         }
     }
 
@@ -221,7 +213,7 @@ pub struct Nack {
 }
 
 /// Per type URL state of one connection.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TypeStatus {
     /// Subscribed to everything of this type.
     pub wildcard: bool,
@@ -241,34 +233,6 @@ pub struct TypeStatus {
     pub last_nack: Option<Nack>,
     /// Responses sent for this type on this stream.
     pub responses: u64,
-}
-
-impl Clone for TypeStatus {
-    fn clone(&self) -> Self {
-        let mut copy = TypeStatus::default();
-        copy.clone_from(self);
-        copy
-    }
-
-    /// Field by field, so the strings of a published copy reuse their buffers: every stream republishes
-    /// its state after each request and push.
-    fn clone_from(&mut self, from: &Self) {
-        self.wildcard = from.wildcard;
-        // The shared sets are left alone when they are the same: thousands of streams hold them, and a
-        // count bumped from both workers at once has its cache line passed back and forth.
-        if !Arc::ptr_eq(&self.names, &from.names) {
-            self.names.clone_from(&from.names);
-        }
-        if !self.sent.ptr_eq(&from.sent) {
-            self.sent.clone_from(&from.sent);
-        }
-        self.nonce_sent.clone_from(&from.nonce_sent);
-        self.version_sent.clone_from(&from.version_sent);
-        self.acked_nonce.clone_from(&from.acked_nonce);
-        self.acked_version.clone_from(&from.acked_version);
-        self.last_nack.clone_from(&from.last_nack);
-        self.responses = from.responses;
-    }
 }
 
 impl TypeStatus {
@@ -292,12 +256,38 @@ pub struct ConnectionStatus {
     /// Generation last pushed (or seen) by this stream.
     pub generation: Option<u64>,
     /// Per type URL state.
-    /// Boxed: a map node holds room for eleven values, and a stream has four types.
-    pub types: BTreeMap<String, Box<TypeStatus>>,
+    pub types: BTreeMap<String, TypeStatus>,
 }
 
-/// One connection's published state, written by its stream only.
-pub(crate) type Entry = Arc<Mutex<ConnectionStatus>>;
+/// One stream's state as the stream keeps it (see the module's doc).
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub conn_id: u64,
+    pub proxy: Arc<Proxy>,
+    pub protocol: Protocol,
+    pub connected_at: SystemTime,
+    /// Generation last pushed (or seen) by this stream.
+    pub generation: Option<u64>,
+    pub types: TypeStates,
+}
+
+impl Live {
+    fn status(&self) -> ConnectionStatus {
+        ConnectionStatus {
+            conn_id: self.conn_id,
+            proxy: self.proxy.clone(),
+            protocol: self.protocol,
+            connected_at: self.connected_at,
+            generation: self.generation,
+            types: (self.types.iter())
+                .map(|(t, s)| (t.to_owned(), s.status.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// One stream's entry: written by its stream only.
+pub(crate) type Entry = Arc<Mutex<Live>>;
 
 /// All live connections, keyed by stream id.
 #[derive(Debug)]
@@ -322,7 +312,7 @@ impl Registry {
         self.conns
             .read()
             .values()
-            .map(|c| c.lock().clone())
+            .map(|c| c.lock().status())
             .collect()
     }
 
@@ -333,7 +323,7 @@ impl Registry {
             .values()
             .map(|c| c.lock())
             .filter(|c| c.proxy.id.pod_key() == pod_key)
-            .map(|c| c.clone())
+            .map(|c| c.status())
             .collect()
     }
 
@@ -372,9 +362,9 @@ impl Registry {
         }
     }
 
-    /// Adds a connection; its stream then updates the returned entry and calls [`Registry::changed`].
-    pub(crate) fn insert(&self, status: ConnectionStatus) -> Entry {
-        let entry = Arc::new(Mutex::new(status));
+    /// Adds a connection; its stream then works on the returned entry and calls [`Registry::changed`].
+    pub(crate) fn insert(&self, live: Live) -> Entry {
+        let entry = Arc::new(Mutex::new(live));
         self.conns
             .write()
             .insert(entry.lock().conn_id, entry.clone());

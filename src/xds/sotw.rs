@@ -34,12 +34,11 @@ impl Flavor for Sotw {
         req.node.as_ref()
     }
 
-    fn apply(conn: &mut ConnState, req: DiscoveryRequest) -> Result<(String, bool), Status> {
+    fn apply(conn: &mut ConnState<'_>, req: DiscoveryRequest) -> Result<(String, bool), Status> {
         if req.type_url.is_empty() {
             return Err(Status::invalid_argument("ADS request without type_url"));
         }
-        let metrics = conn.shared.metrics.clone();
-        let shared = conn.shared.clone();
+        let shared = conn.shared;
         let (ts, is_new) = conn.type_state(&req.type_url);
         let check = ts.check_nonce(
             is_new,
@@ -47,7 +46,7 @@ impl Flavor for Sotw {
             &req.response_nonce,
             Some(&req.version_info),
             req.error_detail.as_ref(),
-            &metrics,
+            &shared.metrics,
         );
         if check == NonceCheck::Stale {
             return Ok((req.type_url, false));
@@ -86,17 +85,17 @@ impl Flavor for Sotw {
     }
 
     fn build(
-        conn: &mut ConnState,
+        conn: &mut ConnState<'_>,
         type_url: &str,
         ctx: &PushContext,
         push: Option<Instant>,
     ) -> Option<WireResponse<DiscoveryResponse>> {
         let ConnState {
-            types,
+            live,
             proxy,
             shared,
-            ..
         } = conn;
+        let types = &mut live.types;
         let ts = types.get_mut(type_url)?;
         let chosen = ts.select(&ctx.generator.generate(proxy, type_url))?;
         let changes = diff(&ts.status.sent, &chosen);

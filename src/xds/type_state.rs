@@ -167,6 +167,7 @@ fn set(slot: &mut Option<String>, value: &str) {
 pub(crate) struct TypeStates(Vec<(Cow<'static, str>, usize, TypeState)>);
 
 impl TypeStates {
+    #[cfg(test)]
     pub fn get(&self, type_url: &str) -> Option<&TypeState> {
         let found = self.0.iter().find(|(t, _, _)| type_url::same(t, type_url));
         found.map(|(_, _, s)| s)
