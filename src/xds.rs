@@ -28,6 +28,7 @@ pub mod resource;
 mod server;
 mod sotw;
 mod type_state;
+mod watch_gate;
 
 use std::net::SocketAddr;
 

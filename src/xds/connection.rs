@@ -31,6 +31,7 @@ use super::grpc::{RequestStream, ResponseSink, Wire};
 use super::registry::{Chosen, Entry, Held, Live, Protocol, Registry};
 use super::server::SYNC_HOLD;
 pub(crate) use super::type_state::{NonceCheck, TypeState, TypeStates};
+use super::watch_gate::Gated;
 use super::{Authenticate, Metrics, Proxy, PushContext, XdsResource};
 
 /// State shared by every stream of one server.
@@ -370,12 +371,12 @@ impl Stream {
         self.live.lock().generation = generation;
         // Both waits live as long as the stream: made anew on every turn of the loop, each would join and
         // leave its watch's waiter list (one lock shared by every stream) on every request.
-        let mut generations = WatchStream::from_changes(ctx_rx.clone());
+        // And both are gated (`super::watch_gate`): a request's poll does not lock their waiter lists.
+        let mut generations = Gated::new(WatchStream::from_changes(ctx_rx.clone()));
         let mut drain = self.shared.drain.clone();
-        let draining = async move {
+        let mut draining = Gated::new(Box::pin(async move {
             let _ = drain.wait_for(|d| *d).await;
-        };
-        tokio::pin!(draining);
+        }));
         // The initial sync waits its turn: see `Config::sync_concurrency`.
         let mut syncing = tokio::select! {
             biased;

@@ -28,6 +28,7 @@ use super::delta::Delta;
 use super::fanout::Mark;
 use super::grpc::{Encoded, RequestStream, ResponseSink, trailers};
 use super::sotw::Sotw;
+use super::watch_gate::Gated;
 
 /// The gRPC service name of ADS.
 pub(crate) const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -132,11 +133,11 @@ where
     // for one stream, telling which stream woke (a waker per stream, as `FuturesUnordered` keeps) cost more
     // than it saves. `MAX_STREAMS` bounds the turn. With each stream, its fan-out mark: see `super::fanout`.
     let mut streams: Vec<(StreamTask, Arc<Mark>)> = Vec::new();
+    // Polled on every turn, so gated (`super::watch_gate`).
     let mut drain = ads.shared.drain.clone();
-    let draining = async move {
+    let mut draining = Gated::new(Box::pin(async move {
         let _ = drain.wait_for(|d| *d).await;
-    };
-    tokio::pin!(draining);
+    }));
     let mut closing = false;
     // Whether a stream wrote since the socket was last written: see `super::fanout`.
     let wrote = Arc::new(AtomicBool::new(false));
@@ -155,7 +156,7 @@ where
         let mut socket = Context::from_waker(&socket_waker);
         for _ in 0..MAX_TURNS {
             wake.start();
-            if !closing && draining.as_mut().poll(&mut inner).is_ready() {
+            if !closing && Pin::new(&mut draining).poll(&mut inner).is_ready() {
                 closing = true;
                 conn.graceful_shutdown();
             }
