@@ -1,5 +1,6 @@
 //! Per type URL state of one ADS stream: the subscription, the nonces sent and ACKed, the last NACK, and what
-//! the last response carried; owned by the stream's task ([`super::connection`]).
+//! the last response carried; kept in the stream's registry entry, changed only by the stream
+//! ([`super::connection`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -25,10 +26,10 @@ pub(crate) enum NonceCheck {
     Nack,
 }
 
-/// Per type URL state owned by the stream.
+/// Per type URL state of one stream.
 #[derive(Debug, Default)]
 pub(crate) struct TypeState {
-    /// The part published to the registry.
+    /// The part the debug API shows ([`super::registry::ConnectionStatus`]).
     pub status: TypeStatus,
     /// SotW: the wildcard came from an empty name list (legacy), so it ends with the first non-empty list.
     pub legacy_wildcard: bool,
