@@ -58,8 +58,7 @@ async fn wait_type(
     let found = server
         .registry
         .wait_for(WAIT, |c: &[ConnectionStatus]| {
-            c.iter()
-                .any(|c| c.types.get(type_url).is_some_and(|t| cond(t)))
+            c.iter().any(|c| c.types.get(type_url).is_some_and(&cond))
         })
         .await
         .unwrap_or_else(|last| panic!("condition on {type_url} not met; registry: {last:#?}"));
