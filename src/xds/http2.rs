@@ -266,13 +266,14 @@ fn grpc_head() -> Response<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
 
+    /// A waker that counts its wakes.
     #[derive(Default)]
-    struct Count(AtomicUsize);
+    pub(crate) struct Count(pub AtomicUsize);
 
     impl ArcWake for Count {
         fn wake_by_ref(arc_self: &Arc<Self>) {

@@ -56,12 +56,21 @@ impl<W> Gated<W> {
         }
     }
 
-    /// Whether `wait` must be polled now.
-    fn due(&mut self, cx: &Context<'_>) -> bool {
+    /// Polls `wait` with `poll` if it woke since its last pending poll (or never was); pending otherwise.
+    fn poll_gated<R>(
+        &mut self,
+        cx: &Context<'_>,
+        poll: impl FnOnce(&mut W, &mut Context<'_>) -> Poll<R>,
+    ) -> Poll<R> {
         // Registered first: a wake from here on either shows in the flag below or wakes this task again.
         self.flag.task.register(cx.waker());
         let woken = self.flag.woken.swap(false, SeqCst);
-        !self.armed || woken
+        if self.armed && !woken {
+            return Poll::Pending;
+        }
+        let out = poll(&mut self.wait, &mut Context::from_waker(&self.waker));
+        self.armed = out.is_pending();
+        out
     }
 }
 
@@ -69,13 +78,7 @@ impl<W: Future + Unpin> Future for Gated<W> {
     type Output = W::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<W::Output> {
-        let this = self.get_mut();
-        if !this.due(cx) {
-            return Poll::Pending;
-        }
-        let out = Pin::new(&mut this.wait).poll(&mut Context::from_waker(&this.waker));
-        this.armed = out.is_pending();
-        out
+        (self.get_mut()).poll_gated(cx, |w, cx| Pin::new(w).poll(cx))
     }
 }
 
@@ -83,13 +86,7 @@ impl<W: Stream + Unpin> Stream for Gated<W> {
     type Item = W::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<W::Item>> {
-        let this = self.get_mut();
-        if !this.due(cx) {
-            return Poll::Pending;
-        }
-        let out = Pin::new(&mut this.wait).poll_next(&mut Context::from_waker(&this.waker));
-        this.armed = out.is_pending();
-        out
+        (self.get_mut()).poll_gated(cx, |w, cx| Pin::new(w).poll_next(cx))
     }
 }
 
@@ -102,6 +99,7 @@ mod tests {
     use tokio_stream::wrappers::WatchStream;
 
     use super::*;
+    use crate::xds::http2::tests::Count as Wakes;
 
     /// A wait that counts its polls.
     struct Counted<S>(S, Arc<AtomicUsize>);
@@ -111,15 +109,6 @@ mod tests {
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
             self.1.fetch_add(1, SeqCst);
             Pin::new(&mut self.0).poll_next(cx)
-        }
-    }
-
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl ArcWake for Wakes {
-        fn wake_by_ref(arc_self: &Arc<Self>) {
-            arc_self.0.fetch_add(1, SeqCst);
         }
     }
 
