@@ -31,7 +31,7 @@ use super::grpc::{RequestStream, ResponseSink, Wire};
 use super::registry::{Chosen, Entry, Held, Live, Protocol, Registry};
 use super::server::SYNC_HOLD;
 pub(crate) use super::type_state::{NonceCheck, TypeState, TypeStates};
-use super::watch_gate::Gated;
+use super::watch_gate::{Gated, drained};
 use super::{Authenticate, Metrics, Proxy, PushContext, XdsResource};
 
 /// State shared by every stream of one server.
@@ -281,9 +281,8 @@ pub(crate) async fn run<F: Flavor>(
     mark: Arc<Mark>,
 ) {
     // Waiting for the first request also ends on drain, so a silent client cannot hold shutdown up.
-    let mut drain = shared.drain.clone();
     let first = tokio::select! {
-        _ = async { drain.wait_for(|d| *d).await.is_ok() } => return,
+        _ = drained(shared.drain.clone()) => return,
         msg = inbound.message() => match msg {
             Ok(Some(req)) => req,
             Ok(None) => return,
@@ -373,10 +372,7 @@ impl Stream {
         // leave its watch's waiter list (one lock shared by every stream) on every request.
         // And both are gated (`super::watch_gate`): a request's poll does not lock their waiter lists.
         let mut generations = Gated::new(WatchStream::from_changes(ctx_rx.clone()));
-        let mut drain = self.shared.drain.clone();
-        let mut draining = Gated::new(Box::pin(async move {
-            let _ = drain.wait_for(|d| *d).await;
-        }));
+        let mut draining = drained(self.shared.drain.clone());
         // The initial sync waits its turn: see `Config::sync_concurrency`.
         let mut syncing = tokio::select! {
             biased;

@@ -28,7 +28,7 @@ use super::delta::Delta;
 use super::fanout::Mark;
 use super::grpc::{Encoded, RequestStream, ResponseSink, trailers};
 use super::sotw::Sotw;
-use super::watch_gate::Gated;
+use super::watch_gate::drained;
 
 /// The gRPC service name of ADS.
 pub(crate) const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -134,10 +134,7 @@ where
     // than it saves. `MAX_STREAMS` bounds the turn. With each stream, its fan-out mark: see `super::fanout`.
     let mut streams: Vec<(StreamTask, Arc<Mark>)> = Vec::new();
     // Polled on every turn, so gated (`super::watch_gate`).
-    let mut drain = ads.shared.drain.clone();
-    let mut draining = Gated::new(Box::pin(async move {
-        let _ = drain.wait_for(|d| *d).await;
-    }));
+    let mut draining = drained(ads.shared.drain.clone());
     let mut closing = false;
     // Whether a stream wrote since the socket was last written: see `super::fanout`.
     let wrote = Arc::new(AtomicBool::new(false));

@@ -20,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::Stream;
 use futures::task::{ArcWake, AtomicWaker};
+use tokio::sync::watch;
 
 /// The gate's waker: records that the wait woke, and wakes the task.
 #[derive(Default)]
@@ -90,11 +91,20 @@ impl<W: Stream + Unpin> Stream for Gated<W> {
     }
 }
 
+/// Until `drain` turns true or its sender is gone: the server's drain signal, as every connection and stream
+/// waits for it.
+pub(crate) fn drained(
+    mut drain: watch::Receiver<bool>,
+) -> Gated<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    Gated::new(Box::pin(async move {
+        let _ = drain.wait_for(|d| *d).await;
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use tokio::sync::watch;
     use tokio_stream::StreamExt;
     use tokio_stream::wrappers::WatchStream;
 
@@ -152,10 +162,7 @@ mod tests {
     #[test]
     fn a_gated_future_completes_when_the_channel_moves() {
         let (tx, rx) = watch::channel(false);
-        let mut waiting = rx.clone();
-        let mut gated = Gated::new(Box::pin(async move {
-            let _ = waiting.wait_for(|d| *d).await;
-        }));
+        let mut gated = drained(rx);
         let w = futures::task::waker(Arc::new(Wakes::default()));
         let mut cx = Context::from_waker(&w);
         assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
